@@ -1,0 +1,54 @@
+# course-audit: the two commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Local services live outside the repo, one directory per clone (so clones never share).
+STATE_DIR ?= /tmp/course-audit-$(shell id -u)-$(shell pwd | sha1sum | cut -c1-10)
+ENV_FILE ?= .services.env
+PYTEST_ARGS ?=
+
+.PHONY: setup provision lint format test test-unit services services-down run bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+setup: $(VENV)/.installed provision
+
+# PostgreSQL server binaries from Debian when missing; Kafka jars resolved once into ~/.cache.
+provision: $(VENV)/.installed
+	@bash deploy/local/provision.sh
+	@$(PY) deploy/local/services.py provision
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check service tests deploy
+	$(BIN)/ruff format --check service tests deploy
+	$(BIN)/mypy --strict service
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix service tests deploy
+	$(BIN)/ruff format service tests deploy
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+services: setup
+	@$(PY) deploy/local/services.py up --state-dir $(STATE_DIR) --env-file $(ENV_FILE)
+	@echo "wrote $(ENV_FILE); data and logs in $(STATE_DIR)"
+
+services-down:
+	@if [ -x $(PY) ]; then $(PY) deploy/local/services.py down --state-dir $(STATE_DIR); \
+	else python3 deploy/local/services.py down --state-dir $(STATE_DIR); fi
+
+run: services
+	@bash deploy/local/run.sh "$(STATE_DIR)" "$(ENV_FILE)"
+
+clean: services-down
+	rm -rf $(VENV) .services.env .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the local services need when it is missing: PostgreSQL server binaries,
+# a Java runtime and Maven (for the Kafka jars). Uses apt-get as root, else says what to do.
+set -euo pipefail
+
+need=()
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+  || [[ -n "${AUDIT_LOCAL_PG_BINDIR:-}" ]] || need+=(postgresql)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+
+if ((${#need[@]} == 0)); then
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+  echo "missing: ${need[*]} — install them (Debian: sudo apt-get install ${need[*]})" >&2
+  exit 1
+fi
+echo "[provision] installing ${need[*]} with apt-get" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null
+# policy-rc.d stops the package from starting a system-wide cluster we would not use.
+printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,406 @@
+#!/usr/bin/env python3
+"""Start and stop a local Apache Kafka broker and PostgreSQL server without Docker.
+
+Both run as plain processes on free loopback ports with their data and logs in one
+state directory. Used by `make services`, `make run` and the test fixtures.
+
+    services.py up   --state-dir DIR [--env-file FILE]   # idempotent: reuses running ones
+    services.py down --state-dir DIR                      # stops what `up` started, by pid
+    services.py status --state-dir DIR
+
+Kafka comes from the official org.apache.kafka jars resolved by Maven (see
+`deploy/local/kafka/pom.xml`, cached under ~/.cache/course-audit); PostgreSQL from the
+machine's server binaries (Debian's `postgresql` package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import glob
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+KAFKA_VERSION = "4.1.1"
+HERE = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "course-audit"
+KAFKA_LIBS = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
+KAFKA_HEAP = os.environ.get("AUDIT_LOCAL_KAFKA_HEAP", "-Xms256m -Xmx768m")
+DB_NAME = "course_audit"
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[services] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); check its state.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def read_pid(path: Path) -> int | None:
+    """The live pid in a pid file (first line, as in postmaster.pid), else None."""
+    try:
+        pid = int(path.read_text().split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def wait_port(port: int, deadline: float, what: str, pid: int | None = None) -> None:
+    while time.monotonic() < deadline:
+        if pid is not None and not pid_alive(pid):
+            raise ServiceError(f"{what} exited during start-up")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise ServiceError(f"{what} did not open port {port} in time")
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+def provision_kafka() -> None:
+    """Resolve the Kafka jars once; later starts reuse the cache."""
+    pom = HERE / "kafka" / "pom.xml"
+    marker = KAFKA_LIBS / ".complete"
+    stamp = hashlib.sha256(pom.read_bytes()).hexdigest()
+    if marker.exists() and marker.read_text() == stamp:
+        return
+    if shutil.which("mvn") is None:
+        raise ServiceError("mvn (Apache Maven) is required to fetch the Kafka jars")
+    log(f"resolving Apache Kafka {KAFKA_VERSION} jars with Maven into {KAFKA_LIBS}")
+    if KAFKA_LIBS.exists():
+        shutil.rmtree(KAFKA_LIBS)
+    KAFKA_LIBS.mkdir(parents=True)
+    subprocess.run(
+        [
+            "mvn", "-q", "-B", "-f", str(HERE / "kafka" / "pom.xml"),
+            f"-Dkafka.version={KAFKA_VERSION}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={KAFKA_LIBS}", "-DincludeScope=runtime",
+        ],
+        check=True,
+    )  # fmt: skip
+    marker.write_text(stamp)
+
+
+def kafka_metadata_ok(port: int) -> bool:
+    """Send a Kafka Metadata request (v4, all topics) and check a broker is listed."""
+    api_key, version, corr = 3, 4, 7
+    client = b"course-audit-probe"
+    # Header v1 (api key, version, correlation id, client id); body v4: all topics, no auto-create.
+    body = struct.pack(">hhih", api_key, version, corr, len(client)) + client
+    body += struct.pack(">i", -1) + b"\x00"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(struct.pack(">i", len(body)) + body)
+            head = _recv_exact(s, 4)
+            size = struct.unpack(">i", head)[0]
+            resp = _recv_exact(s, size)
+    except OSError:
+        return False
+    if len(resp) < 12 or struct.unpack(">i", resp[:4])[0] != corr:
+        return False
+    # v4 response: correlation_id, throttle_time_ms, brokers array length
+    brokers = struct.unpack(">i", resp[8:12])[0]
+    return brokers >= 1
+
+
+def _recv_exact(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return buf
+
+
+def start_kafka(state: Path) -> str:
+    kdir = state / "kafka"
+    pid_file = kdir / "pid"
+    port_file = kdir / "port"
+    pid = read_pid(pid_file)
+    if pid is not None and port_file.exists():
+        port = int(port_file.read_text())
+        if kafka_metadata_ok(port):
+            log(f"Kafka already running (pid {pid}, port {port})")
+            return f"127.0.0.1:{port}"
+    provision_kafka()
+    if kdir.exists():
+        shutil.rmtree(kdir)
+    (kdir / "data").mkdir(parents=True)
+    port, cport = free_port(), free_port()
+    props = kdir / "server.properties"
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{cport}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={kdir / 'data'}",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                # A fresh group would otherwise wait 3 s before its first assignment.
+                "group.initial.rebalance.delay.ms=0",
+                "group.consumer.session.timeout.ms=10000",
+                "group.consumer.min.session.timeout.ms=1000",
+                "group.min.session.timeout.ms=1000",
+                "log.flush.interval.messages=100000",
+                "",
+            ]
+        )
+    )
+    (kdir / "log4j2.properties").write_text(
+        "\n".join(
+            [
+                "status = error",
+                "appender.file.type = File",
+                "appender.file.name = file",
+                f"appender.file.fileName = {kdir / 'server.log'}",
+                "appender.file.layout.type = PatternLayout",
+                "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+                "rootLogger.level = INFO",
+                "rootLogger.appenderRef.file.ref = file",
+                "logger.kafka.name = kafka",
+                "logger.kafka.level = WARN",
+                "logger.apache.name = org.apache.kafka",
+                "logger.apache.level = WARN",
+                "",
+            ]
+        )
+    )
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError("java (17+) is required to run the local Kafka broker")
+    cp = str(KAFKA_LIBS / "*")
+    jvm = [java, *KAFKA_HEAP.split(), "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+           f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}",
+           "-Djava.awt.headless=true", "-cp", cp]  # fmt: skip
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    fmt = subprocess.run(
+        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+        capture_output=True,
+        text=True,
+    )
+    if fmt.returncode != 0:
+        raise ServiceError(f"kafka storage format failed: {fmt.stderr.strip() or fmt.stdout}")
+    out = open(kdir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [*jvm, "kafka.Kafka", str(props)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pid_file.write_text(str(proc.pid))
+    port_file.write_text(str(port))
+    deadline = time.monotonic() + 90
+    wait_port(port, deadline, "Kafka", proc.pid)
+    while not kafka_metadata_ok(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise ServiceError(f"Kafka did not answer metadata requests; see {kdir}/server.log")
+        time.sleep(0.2)
+    log(f"Kafka {KAFKA_VERSION} up on 127.0.0.1:{port} (pid {proc.pid}, data {kdir})")
+    return f"127.0.0.1:{port}"
+
+
+# ----------------------------------------------------------- PostgreSQL
+
+
+def pg_bindir() -> Path:
+    explicit = os.environ.get("AUDIT_LOCAL_PG_BINDIR")
+    if explicit:
+        return Path(explicit)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).parent
+    raise ServiceError(
+        "PostgreSQL server binaries not found (install Debian's postgresql package, "
+        "or set AUDIT_LOCAL_PG_BINDIR)"
+    )
+
+
+def as_pg_user(cmd: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root: run it as the package's postgres user then.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def start_postgres(state: Path) -> str:
+    pdir = state / "postgres"
+    data = pdir / "data"
+    port_file = pdir / "port"
+    bindir = pg_bindir()
+    pid = read_pid(data / "postmaster.pid")
+    if pid is not None and port_file.exists():
+        port = int(port_file.read_text())
+        log(f"PostgreSQL already running (pid {pid}, port {port})")
+        return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
+    if pdir.exists():
+        shutil.rmtree(pdir)
+    pdir.mkdir(parents=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(pdir, pw.pw_uid, pw.pw_gid)
+        # The postgres user must be able to reach the directory.
+        for parent in [state, *state.parents]:
+            if parent == Path("/"):
+                break
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o111)
+    port = free_port()
+    subprocess.run(
+        as_pg_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                    "-E", "UTF8", "--locale=C", "--no-sync"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write(
+            "\n# course-audit local test server\n"
+            f"port = {port}\nlisten_addresses = '127.0.0.1'\n"
+            f"unix_socket_directories = '{pdir}'\n"
+            "max_connections = 200\nshared_buffers = 256MB\n"
+            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            "max_locks_per_transaction = 256\n"
+        )
+    subprocess.run(
+        as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(pdir / "server.log"),
+                    "-w", "-t", "60", "start"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    port_file.write_text(str(port))
+    subprocess.run(
+        as_pg_user([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+                    "postgres", DB_NAME]),
+        check=True,
+    )  # fmt: skip
+    log(f"PostgreSQL up on 127.0.0.1:{port} (data {data})")
+    return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
+
+
+# ---------------------------------------------------------------- glue
+
+
+def up(state: Path, env_file: Path | None) -> dict[str, str]:
+    state.mkdir(parents=True, exist_ok=True)
+    env = {
+        "AUDIT_DATABASE_URL": start_postgres(state),
+        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": start_kafka(state),
+    }
+    if env_file is not None:
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    return env
+
+
+def down(state: Path) -> None:
+    pg_data = state / "postgres" / "data"
+    if read_pid(pg_data / "postmaster.pid") is not None:
+        subprocess.run(
+            as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(pg_data), "-m", "fast", "-w",
+                        "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        log("PostgreSQL stopped")
+    kpid = read_pid(state / "kafka" / "pid")
+    if kpid is not None:
+        os.kill(kpid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while pid_alive(kpid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(kpid):
+            os.kill(kpid, signal.SIGKILL)
+        log("Kafka stopped")
+
+
+def status(state: Path) -> int:
+    pg = read_pid(state / "postgres" / "data" / "postmaster.pid")
+    kafka = read_pid(state / "kafka" / "pid")
+    print(f"postgres: {f'running pid {pg}' if pg else 'stopped'}")
+    print(f"kafka: {f'running pid {kafka}' if kafka else 'stopped'}")
+    return 0 if pg and kafka else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["up", "down", "status", "provision"])
+    p.add_argument("--state-dir", type=Path, default=None)
+    p.add_argument("--env-file", type=Path, default=None)
+    args = p.parse_args()
+    try:
+        if args.command == "provision":
+            provision_kafka()
+            pg_bindir()
+            return 0
+        if args.state_dir is None:
+            p.error("--state-dir is required")
+        if args.command == "up":
+            for k, v in up(args.state_dir, args.env_file).items():
+                print(f"{k}={v}")
+            return 0
+        if args.command == "down":
+            down(args.state_dir)
+            return 0
+        return status(args.state_dir)
+    except (ServiceError, subprocess.CalledProcessError) as exc:
+        log(f"error: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
