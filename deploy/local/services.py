@@ -150,6 +150,35 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return buf
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (22 characters of unpadded base64url)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def format_storage(jvm: list[str], cluster_id: str, props: Path) -> None:
+    """Format the KRaft log directories of `props` for `cluster_id`."""
+    # "--cluster-id=ID": one in 32 random ids starts with "-", which a separate argument
+    # would make look like an option to the tool's parser.
+    fmt = subprocess.run(
+        [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+         f"--config={props}"],
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if fmt.returncode != 0:
+        raise ServiceError(f"kafka storage format failed: {fmt.stderr.strip() or fmt.stdout}")
+
+
+def kafka_jvm(log_config: Path) -> list[str]:
+    """The java command line prefix for Kafka's classes, with a modest heap."""
+    java = shutil.which("java")
+    if java is None:
+        raise ServiceError("java (17+) is required to run the local Kafka broker")
+    return [java, *KAFKA_HEAP.split(), "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={log_config}", "-Djava.awt.headless=true",
+            "-cp", str(KAFKA_LIBS / "*")]  # fmt: skip
+
+
 def start_kafka(state: Path) -> str:
     kdir = state / "kafka"
     pid_file = kdir / "pid"
@@ -215,21 +244,8 @@ def start_kafka(state: Path) -> str:
             ]
         )
     )
-    java = shutil.which("java")
-    if java is None:
-        raise ServiceError("java (17+) is required to run the local Kafka broker")
-    cp = str(KAFKA_LIBS / "*")
-    jvm = [java, *KAFKA_HEAP.split(), "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
-           f"-Dlog4j2.configurationFile={kdir / 'log4j2.properties'}",
-           "-Djava.awt.headless=true", "-cp", cp]  # fmt: skip
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-        capture_output=True,
-        text=True,
-    )
-    if fmt.returncode != 0:
-        raise ServiceError(f"kafka storage format failed: {fmt.stderr.strip() or fmt.stdout}")
+    jvm = kafka_jvm(kdir / "log4j2.properties")
+    format_storage(jvm, new_cluster_id(), props)
     out = open(kdir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [*jvm, "kafka.Kafka", str(props)],
@@ -278,6 +294,28 @@ def as_pg_user(cmd: list[str]) -> list[str]:
     return cmd
 
 
+def _pg_ctl_start(bindir: Path, data: Path, pdir: Path) -> None:
+    subprocess.run(
+        as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(pdir / "server.log"),
+                    "-w", "-t", "60", "start"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_postgres(state: Path) -> None:
+    """Stop the server (fast shutdown), keeping its data for a later start."""
+    data = state / "postgres" / "data"
+    if read_pid(data / "postmaster.pid") is not None:
+        subprocess.run(
+            as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                        "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        log("PostgreSQL stopped")
+
+
 def start_postgres(state: Path) -> str:
     pdir = state / "postgres"
     data = pdir / "data"
@@ -287,6 +325,12 @@ def start_postgres(state: Path) -> str:
     if pid is not None and port_file.exists():
         port = int(port_file.read_text())
         log(f"PostgreSQL already running (pid {pid}, port {port})")
+        return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
+    if (data / "PG_VERSION").exists() and port_file.exists():
+        # A stopped server from an earlier start: start it again on its own port, data kept.
+        port = int(port_file.read_text())
+        _pg_ctl_start(bindir, data, pdir)
+        log(f"PostgreSQL restarted on 127.0.0.1:{port} (data {data})")
         return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
     if pdir.exists():
         shutil.rmtree(pdir)
@@ -317,12 +361,7 @@ def start_postgres(state: Path) -> str:
             "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             "max_locks_per_transaction = 256\n"
         )
-    subprocess.run(
-        as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(pdir / "server.log"),
-                    "-w", "-t", "60", "start"]),
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    _pg_ctl_start(bindir, data, pdir)
     port_file.write_text(str(port))
     subprocess.run(
         as_pg_user([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
@@ -348,15 +387,7 @@ def up(state: Path, env_file: Path | None) -> dict[str, str]:
 
 
 def down(state: Path) -> None:
-    pg_data = state / "postgres" / "data"
-    if read_pid(pg_data / "postmaster.pid") is not None:
-        subprocess.run(
-            as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(pg_data), "-m", "fast", "-w",
-                        "stop"]),
-            check=False,
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        log("PostgreSQL stopped")
+    stop_postgres(state)
     kpid = read_pid(state / "kafka" / "pid")
     if kpid is not None:
         os.kill(kpid, signal.SIGTERM)

@@ -75,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"course-audit: configuration error: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level, settings.log_format)
-    handler: Handler = args.handler
+    from .commands import HANDLERS
+
+    handler: Handler = HANDLERS.get(args.command_path, args.handler)
     try:
         return handler(args, settings)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ class Settings:
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_topics: tuple[str, ...] = ("course-events",)
     kafka_group_id: str = "course-audit"
+    kafka_session_timeout_ms: int = 10_000
     schema_dirs: tuple[Path, ...] = ()
     schema_registry_url: str | None = None
     http_host: str = "0.0.0.0"
@@ -35,7 +36,6 @@ class Settings:
     batch_max_latency_ms: int = 200
     migrate_on_start: bool = True
     maintenance_interval_s: int = 3600
-    dlq_topic: str | None = None
     db_pool_max: int = 10
     log_level: str = "INFO"
     log_format: str = "json"
@@ -56,6 +56,9 @@ class Settings:
             ),
             kafka_topics=r.names("AUDIT_KAFKA_TOPICS", d.kafka_topics),
             kafka_group_id=r.text("AUDIT_KAFKA_GROUP_ID", d.kafka_group_id),
+            kafka_session_timeout_ms=r.integer(
+                "AUDIT_KAFKA_SESSION_TIMEOUT_MS", d.kafka_session_timeout_ms, 1000, 300_000
+            ),
             schema_dirs=r.dirs("AUDIT_SCHEMA_DIRS"),
             schema_registry_url=r.optional_url("AUDIT_SCHEMA_REGISTRY_URL", ("http", "https")),
             http_host=r.text("AUDIT_HTTP_HOST", d.http_host),
@@ -73,7 +76,6 @@ class Settings:
             maintenance_interval_s=r.integer(
                 "AUDIT_MAINTENANCE_INTERVAL_S", d.maintenance_interval_s, 1, 7 * 86400
             ),
-            dlq_topic=r.optional_text("AUDIT_DLQ_TOPIC"),
             db_pool_max=r.integer("AUDIT_DB_POOL_MAX", d.db_pool_max, 1, 1000),
             log_level=r.choice(
                 "AUDIT_LOG_LEVEL", d.log_level, ("DEBUG", "INFO", "WARNING", "ERROR"), upper=True

@@ -43,6 +43,10 @@ class ErrorCode(enum.StrEnum):
     INVALID_CREATED_AT = "invalid_created_at"
     EMPTY_CHANGES = "empty_changes"
     MISSING_RELATED_COURSE = "missing_related_course"
+    #: Older than the retention period: stored, it would be dropped at the next maintenance
+    #: pass, so it is kept here instead (raise AUDIT_RETENTION_MONTHS and replay to store it).
+    BEYOND_RETENTION = "beyond_retention"
+    #: The database refused the row itself (isolated from its batch, which was stored).
     STORE_REJECTED = "store_rejected"
 
 

@@ -1,0 +1,277 @@
+"""What each `course-audit` subcommand does (the parser lives in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import asyncpg
+import orjson
+
+from .config import Settings
+from .consumer import beyond_retention, retention_cutoff
+from .decode import Decoder
+from .model import Decoded, Event
+from .registry import RegistryClient
+from .schemas import SchemaCatalog
+from .store.dead_letters import list_dead_letters, mark_replayed, update_dead_letter_error
+from .store.migrate import migrate
+from .store.partitions import drop_expired, ensure_partitions
+from .store.tokens import create_token, list_tokens, revoke_token
+from .store.writer import write_batch
+from .validate import to_event
+
+
+class UsageError(Exception):
+    """A bad argument value; printed as one line, exit status 2."""
+
+
+def _run(coro: Awaitable[int]) -> int:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except UsageError as exc:
+        print(f"course-audit: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"course-audit: database error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    return await asyncpg.connect(settings.database_url, timeout=10)
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"{name}: {value!r} is not an ISO 8601 date-time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# ------------------------------------------------------------------ roles
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from .runner import run_roles
+
+    return asyncio.run(run_roles(settings, consume=True))
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from .runner import run_roles
+
+    return asyncio.run(run_roles(settings, consume=True))
+
+
+# ------------------------------------------------------------------ store admin
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        conn = await _connect(settings)
+        try:
+            applied = await migrate(conn)
+            created = await ensure_partitions(conn, settings.partitions_ahead)
+        finally:
+            await conn.close()
+        print(f"applied migrations: {applied or 'none pending'}", file=sys.stderr)
+        if created:
+            print(f"created partitions: {', '.join(created)}", file=sys.stderr)
+        return 0
+
+    return _run(go())
+
+
+def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        conn = await _connect(settings)
+        try:
+            created = await ensure_partitions(conn, settings.partitions_ahead)
+            dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
+        finally:
+            await conn.close()
+        print(f"created: {', '.join(created) or 'none'}")
+        print(f"dropped: {', '.join(dropped) or 'none'}")
+        return 0
+
+    return _run(go())
+
+
+def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        if any(r <= 0 for r in args.roots):
+            raise UsageError("--root-account must be a positive integer")
+        conn = await _connect(settings)
+        try:
+            created = await create_token(conn, args.name, args.roots)
+        finally:
+            await conn.close()
+        # The token alone on stdout so scripts can capture it; the rest goes to stderr.
+        print(created.token)
+        print(
+            f"token {created.info.id} ({created.info.name}) for root accounts "
+            f"{', '.join(map(str, created.info.root_account_ids))}; it is shown only once",
+            file=sys.stderr,
+        )
+        return 0
+
+    return _run(go())
+
+
+def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        conn = await _connect(settings)
+        try:
+            tokens = await list_tokens(conn)
+        finally:
+            await conn.close()
+        for t in tokens:
+            state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
+            roots = ",".join(map(str, t.root_account_ids))
+            print(f"{t.id}\t{t.name}\troot_accounts={roots}\t{t.created_at.isoformat()}\t{state}")
+        return 0
+
+    return _run(go())
+
+
+def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        conn = await _connect(settings)
+        try:
+            done = await revoke_token(conn, args.token_id)
+        finally:
+            await conn.close()
+        if not done:
+            print(f"course-audit: no active token with id {args.token_id}", file=sys.stderr)
+            return 1
+        print(f"revoked token {args.token_id}", file=sys.stderr)
+        return 0
+
+    return _run(go())
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        conn = await _connect(settings)
+        try:
+            rows = await list_dead_letters(
+                conn,
+                code=args.code,
+                topic=args.topic,
+                since=_time(args.since, "--since"),
+                until=_time(args.until, "--until"),
+                limit=args.limit,
+            )
+        finally:
+            await conn.close()
+        for row in rows:
+            s = row.letter.source
+            print(
+                orjson.dumps(
+                    {
+                        "id": row.id,
+                        "topic": s.topic,
+                        "partition": s.partition,
+                        "offset": s.offset,
+                        "key": s.key.decode("utf-8", "replace") if s.key is not None else None,
+                        "error_code": row.letter.code.value,
+                        "error_message": row.letter.message,
+                        "failed_at": row.letter.failed_at.isoformat(),
+                        "value_bytes": len(s.value or b""),
+                    }
+                ).decode()
+            )
+        print(f"{len(rows)} dead letter(s)", file=sys.stderr)
+        return 0
+
+    return _run(go())
+
+
+def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        registry = (
+            RegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
+        )
+        decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
+        conn = await _connect(settings)
+        stored = still_failing = 0
+        try:
+            rows = await list_dead_letters(
+                conn,
+                code=args.code,
+                topic=args.topic,
+                since=_time(args.since, "--since"),
+                until=_time(args.until, "--until"),
+                limit=args.limit,
+            )
+            now = datetime.now(UTC)
+            cutoff = retention_cutoff(now, settings.retention_months)
+            for row in rows:
+                outcome: Decoded | Event | Any = await decoder.decode(row.letter.source.value)
+                if isinstance(outcome, Decoded):
+                    outcome = to_event(outcome, now=now)
+                if isinstance(outcome, Event) and outcome.created_at < cutoff:
+                    outcome = beyond_retention(outcome, cutoff, settings.retention_months)
+                if isinstance(outcome, Event):
+                    outcome.source = row.letter.source
+                    async with conn.transaction():
+                        await write_batch(conn, [outcome])
+                        await mark_replayed(conn, [row.id])
+                    stored += 1
+                else:
+                    await update_dead_letter_error(conn, row.id, outcome.code, outcome.message, now)
+                    still_failing += 1
+        finally:
+            await conn.close()
+            if registry is not None:
+                await registry.close()
+        print(f"replayed {len(rows)}: stored {stored}, still failing {still_failing}")
+        return 0
+
+    return _run(go())
+
+
+# ------------------------------------------------------------------ produce
+
+
+def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield number, line
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from .produce import produce_lines
+
+    stream: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    try:
+        sent, failed = asyncio.run(produce_lines(settings, _lines(stream), sys.stderr))
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+    print(f"sent {sent} event(s), rejected {failed} line(s)", file=sys.stderr)
+    return 0 if failed == 0 else 1
+
+
+HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "run": cmd_run,
+    "consume": cmd_consume,
+    "migrate": cmd_migrate,
+    "retention": cmd_retention,
+    "produce": cmd_produce,
+    "token create": cmd_token_create,
+    "token list": cmd_token_list,
+    "token revoke": cmd_token_revoke,
+    "dlq list": cmd_dlq_list,
+    "dlq replay": cmd_dlq_replay,
+}

@@ -1,0 +1,27 @@
+"""Readiness as seen by the process's parts (database, migrations, Kafka subscription)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Health:
+    """Flags each component sets; `ready` is what GET /health/ready reports."""
+
+    database_ok: bool = False
+    migrations_ok: bool = False
+    #: None when this process does not consume; otherwise whether it has joined its group.
+    subscribed: bool | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.database_ok and self.migrations_ok and self.subscribed is not False
+
+    def as_dict(self) -> dict[str, bool | None]:
+        return {
+            "ready": self.ready,
+            "database": self.database_ok,
+            "migrations": self.migrations_ok,
+            "subscribed": self.subscribed,
+        }

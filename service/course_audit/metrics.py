@@ -1,0 +1,53 @@
+"""Prometheus metrics shared by the consumer and the HTTP front (one registry per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Every metric the service exports; `registry` backs GET /metrics."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.consumed = Counter(
+            "course_audit_messages_consumed", "Kafka messages read", ["topic"], registry=r
+        )
+        self.stored = Counter("course_audit_events_stored", "events newly stored", registry=r)
+        self.duplicates = Counter(
+            "course_audit_events_duplicate", "events already stored (redelivery)", registry=r
+        )
+        self.dead_lettered = Counter(
+            "course_audit_dead_letters", "messages kept as dead letters", ["code"], registry=r
+        )
+        self.batch_size = Histogram(
+            "course_audit_batch_size",
+            "messages per written batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000),
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "course_audit_batch_write_seconds",
+            "time to write and commit one batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.db_errors = Counter(
+            "course_audit_database_errors", "failed database attempts (retried)", registry=r
+        )
+        self.lag = Gauge(
+            "course_audit_consumer_lag",
+            "messages between the committed offset and the partition's end",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "course_audit_http_requests", "HTTP requests", ["route", "status"], registry=r
+        )
+        self.http_seconds = Histogram(
+            "course_audit_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )

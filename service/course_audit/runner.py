@@ -1,0 +1,160 @@
+"""Process wiring for `run`, `consume` and `serve`: pool, migrations, tasks, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+
+import asyncpg
+from aiohttp import web
+
+from .config import Settings
+from .consumer import Backoff, Ingestor
+from .decode import Decoder
+from .health import Health
+from .metrics import Metrics
+from .registry import RegistryClient
+from .schemas import SchemaCatalog
+from .store.errors import is_transient
+from .store.migrate import migrate, pending_migrations
+from .store.partitions import drop_expired, ensure_partitions
+from .web import RUNTIME, build_app
+
+log = logging.getLogger(__name__)
+
+
+async def open_pool(settings: Settings, health: Health, stopping: asyncio.Event) -> asyncpg.Pool:
+    """Create the connection pool, waiting (with backoff) while the database is unreachable."""
+    backoff = Backoff()
+    attempt = 0
+    while True:
+        try:
+            pool: asyncpg.Pool = await asyncpg.create_pool(
+                settings.database_url,
+                min_size=1,
+                max_size=settings.db_pool_max,
+                command_timeout=60,
+            )
+            health.database_ok = True
+            return pool
+        except Exception as exc:
+            if not is_transient(exc) and not isinstance(exc, OSError):
+                raise
+            delay = backoff.delay(attempt)
+            attempt += 1
+            log.warning(
+                "database unreachable at start-up", extra={"error": str(exc), "retry_in_s": delay}
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            if stopping.is_set():
+                raise asyncio.CancelledError() from exc
+
+
+async def prepare_store(settings: Settings, pool: asyncpg.Pool, health: Health) -> None:
+    """Apply migrations (unless disabled) and create the coming months' partitions."""
+    async with pool.acquire() as conn:
+        if settings.migrate_on_start:
+            applied = await migrate(conn)
+            if applied:
+                log.info("migrations applied", extra={"versions": applied})
+        pending = await pending_migrations(conn)
+        health.migrations_ok = not pending
+        if pending:
+            log.error("database schema is behind; run `course-audit migrate`",
+                      extra={"pending": [m.version for m in pending]})  # fmt: skip
+            return
+        await ensure_partitions(conn, settings.partitions_ahead)
+
+
+async def maintain(settings: Settings, pool: asyncpg.Pool) -> dict[str, list[str]]:
+    """Create partitions ahead and drop expired ones once; return what changed."""
+    async with pool.acquire() as conn:
+        created = await ensure_partitions(conn, settings.partitions_ahead)
+        dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
+    if created or dropped:
+        log.info("partition maintenance", extra={"created": created, "dropped": dropped})
+    return {"created": created, "dropped": dropped}
+
+
+async def _maintenance_loop(settings: Settings, pool: asyncpg.Pool) -> None:
+    while True:
+        await asyncio.sleep(settings.maintenance_interval_s)
+        try:
+            await maintain(settings, pool)
+        except Exception as exc:  # the next round tries again; never kill the process
+            log.warning("partition maintenance failed", extra={"error": str(exc)})
+
+
+async def _watch_database(pool: asyncpg.Pool, health: Health, consuming: bool) -> None:
+    """Keep `database_ok` current for readiness (the consumer also sets it as it writes)."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1", timeout=2)
+            ok = True
+        except Exception:
+            ok = False
+        if not consuming or not ok:
+            health.database_ok = ok
+
+
+async def run_roles(settings: Settings, *, consume: bool) -> int:
+    """Run the chosen roles until SIGTERM/SIGINT; return the exit status."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    health = Health(subscribed=False if consume else None)
+    metrics = Metrics()
+    app = build_app(settings, health, metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    log.info("http listening", extra={"host": settings.http_host, "port": settings.http_port})
+
+    background: list[asyncio.Task[None]] = []
+    pool: asyncpg.Pool | None = None
+    registry: RegistryClient | None = None
+    try:
+        pool = await open_pool(settings, health, stopping)
+        await prepare_store(settings, pool, health)
+        app[RUNTIME].pool = pool
+        background.append(asyncio.create_task(_watch_database(pool, health, consume)))
+        background.append(asyncio.create_task(_maintenance_loop(settings, pool)))
+        stop_wait = asyncio.create_task(stopping.wait())
+        if not consume:
+            await stop_wait
+            log.info("stopping")
+            return 0
+        if settings.schema_registry_url:
+            registry = RegistryClient(settings.schema_registry_url)
+        decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
+        ingestor = Ingestor(settings, pool, decoder, metrics, health)
+        consumer_task = asyncio.create_task(ingestor.run())
+        await asyncio.wait({stop_wait, consumer_task}, return_when=asyncio.FIRST_COMPLETED)
+        if consumer_task.done():
+            stop_wait.cancel()
+            consumer_task.result()  # re-raise what stopped the consumer
+            return 1
+        log.info("stopping: finishing the batch in hand")
+        ingestor.stop()
+        await consumer_task
+        return 0
+    except asyncio.CancelledError:
+        return 0
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await runner.cleanup()
+        if registry is not None:
+            await registry.close()
+        if pool is not None:
+            await pool.close()

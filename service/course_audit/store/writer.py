@@ -1,0 +1,324 @@
+"""The consumer's write path: events in bulk (COPY + one INSERT), snapshots, dead letters."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+import orjson
+
+from course_audit.model import DeadLetter, Event
+from course_audit.store.db import Conn, affected_rows
+from course_audit.store.errors import is_data_error
+from course_audit.store.partitions import (
+    DEFAULT_CACHE,
+    PartitionCache,
+    ensure_partition_for,
+    list_partitions,
+    month_of,
+)
+
+_K = TypeVar("_K", int, str)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """Events newly stored, and events that were already stored (or repeated in the batch)."""
+
+    inserted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An event the database refused, with the error it raised."""
+
+    event: Event
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class IsolatedWrite:
+    """Result of `write_isolating`: the good events stored, the bad ones set aside."""
+
+    inserted: int
+    duplicates: int
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+# Per-session staging table. ON COMMIT DELETE ROWS empties it at every commit (PostgreSQL only
+# truncates it in transactions that touched it), so creating it once per connection costs no
+# catalog churn per batch. The DELETE covers a second batch in one caller transaction.
+_PREPARE_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS events_staging (
+    ord               integer     NOT NULL,
+    event_id          uuid        NOT NULL,
+    created_at        timestamptz NOT NULL,
+    event_type        text        NOT NULL,
+    event_source      text        NOT NULL,
+    course_id         bigint      NOT NULL,
+    account_id        bigint      NOT NULL,
+    root_account_id   bigint      NOT NULL,
+    user_id           bigint,
+    page_view_id      text,
+    sis_batch_id      bigint,
+    related_course_id bigint,
+    event_data        jsonb       NOT NULL,
+    topic             text,
+    "partition"       integer,
+    "offset"          bigint
+) ON COMMIT DELETE ROWS;
+DELETE FROM events_staging;
+"""
+
+_STAGING_COLUMNS = (
+    "ord",
+    "event_id",
+    "created_at",
+    "event_type",
+    "event_source",
+    "course_id",
+    "account_id",
+    "root_account_id",
+    "user_id",
+    "page_view_id",
+    "sis_batch_id",
+    "related_course_id",
+    "event_data",
+    "topic",
+    "partition",
+    "offset",
+)
+
+_COLUMN_LIST = ", ".join(f'"{c}"' for c in _STAGING_COLUMNS[1:])
+
+# ORDER BY ord: seq (the API's tie-break) follows the order events were consumed in.
+# DO NOTHING also absorbs duplicates inside the batch.
+_INSERT_EVENTS = f"""
+INSERT INTO events ({_COLUMN_LIST})
+SELECT {_COLUMN_LIST} FROM events_staging ORDER BY ord
+ON CONFLICT DO NOTHING
+"""
+
+# Snapshot upserts: an older event never overwrites a newer snapshot, and an identical
+# redelivery does not write a new row version.
+_UPSERT_COURSES = """
+INSERT INTO courses AS t (id, root_account_id, account_id, sis_course_id, data, as_of)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[],
+                     $6::timestamptz[])
+ON CONFLICT (id) DO UPDATE
+   SET root_account_id = excluded.root_account_id, account_id = excluded.account_id,
+       sis_course_id = excluded.sis_course_id, data = excluded.data, as_of = excluded.as_of
+ WHERE excluded.as_of > t.as_of
+    OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+"""
+
+_UPSERT_USERS = """
+INSERT INTO users AS t (id, data, as_of)
+SELECT * FROM unnest($1::bigint[], $2::jsonb[], $3::timestamptz[])
+ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
+ WHERE excluded.as_of > t.as_of
+    OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+"""
+
+_UPSERT_PAGE_VIEWS = """
+INSERT INTO page_views AS t (id, data, as_of)
+SELECT * FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[])
+ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
+ WHERE excluded.as_of > t.as_of
+    OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+"""
+
+_INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (topic, "partition", "offset", key, value, headers,
+                          error_code, error_message, failed_at)
+SELECT * FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::bytea[], $5::bytea[],
+                     $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[])
+ON CONFLICT (topic, "partition", "offset", sha256(coalesce(value, ''::bytea))) DO NOTHING
+"""
+
+
+def json_text(value: Any) -> str:
+    """JSON text for a jsonb parameter (asyncpg's jsonb codec takes text)."""
+    return orjson.dumps(value).decode()
+
+
+def event_row(ord_: int, event: Event) -> tuple[Any, ...]:
+    """One staging row; raises (a data error) for an event that cannot be encoded."""
+    course, source = event.course, event.source
+    return (
+        ord_,
+        event.event_id,
+        event.created_at,
+        event.event_type,
+        event.event_source,
+        event.course_id,
+        int(course["account_id"]),
+        int(course["root_account_id"]),
+        None if event.user is None else int(event.user["id"]),
+        None if event.page_view is None else str(event.page_view["id"]),
+        event.sis_batch_id,
+        event.related_course_id,
+        json_text(event.event_data),
+        None if source is None else source.topic,
+        None if source is None else source.partition,
+        None if source is None else source.offset,
+    )
+
+
+@dataclass(slots=True)
+class Snapshots:
+    """The newest snapshot per id carried by a batch: id -> (as_of, record)."""
+
+    courses: dict[int, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
+    users: dict[int, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
+    page_views: dict[str, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
+
+
+def _keep_newest(
+    best: dict[_K, tuple[datetime, dict[str, Any]]], key: _K, as_of: datetime, data: dict[str, Any]
+) -> None:
+    # >= so that, at equal times, the later event of the batch wins (as in the table).
+    current = best.get(key)
+    if current is None or as_of >= current[0]:
+        best[key] = (as_of, data)
+
+
+def collect_snapshots(events: Iterable[Event]) -> Snapshots:
+    """Newest snapshot per id; one row per id, as ON CONFLICT DO UPDATE requires."""
+    snaps = Snapshots()
+    for e in events:
+        _keep_newest(snaps.courses, e.course_id, e.created_at, e.course)
+        if e.related_course is not None:
+            _keep_newest(snaps.courses, int(e.related_course["id"]), e.created_at, e.related_course)
+        if e.user is not None:
+            _keep_newest(snaps.users, int(e.user["id"]), e.created_at, e.user)
+        if e.page_view is not None:
+            _keep_newest(snaps.page_views, str(e.page_view["id"]), e.created_at, e.page_view)
+    return snaps
+
+
+async def upsert_snapshots(conn: Conn, snaps: Snapshots) -> None:
+    """Store the batch's snapshots, newer-wins, one statement per table."""
+    if snaps.courses:
+        ids, rows = list(snaps.courses), list(snaps.courses.values())
+        await conn.execute(
+            _UPSERT_COURSES,
+            ids,
+            [int(d["root_account_id"]) for _, d in rows],
+            [int(d["account_id"]) for _, d in rows],
+            [d.get("sis_course_id") for _, d in rows],
+            [json_text(d) for _, d in rows],
+            [t for t, _ in rows],
+        )
+    if snaps.users:
+        await _upsert_by_id(conn, _UPSERT_USERS, snaps.users)
+    if snaps.page_views:
+        await _upsert_by_id(conn, _UPSERT_PAGE_VIEWS, snaps.page_views)
+
+
+async def _upsert_by_id(
+    conn: Conn, sql: str, snaps: dict[_K, tuple[datetime, dict[str, Any]]]
+) -> None:
+    rows = list(snaps.values())
+    await conn.execute(sql, list(snaps), [json_text(d) for _, d in rows], [t for t, _ in rows])
+
+
+async def write_batch(
+    conn: Conn, events: Sequence[Event], *, cache: PartitionCache | None = None
+) -> WriteResult:
+    """Store `events` and their snapshots in one transaction (a savepoint in the caller's).
+
+    Idempotent: events already stored are counted as duplicates. Raises on failure with
+    nothing written; see `is_data_error`/`is_transient` (errors.py) to decide what next.
+    Call it outside a transaction when possible: creating a new month's partition first
+    needs a lock that an open transaction writing to `events` would make it wait for.
+    """
+    if not events:
+        return WriteResult(0, 0)
+    cache = DEFAULT_CACHE if cache is None else cache
+    rows = [event_row(i, e) for i, e in enumerate(events)]
+    snaps = collect_snapshots(events)
+    months = {month_of(e.created_at) for e in events}
+    await ensure_partition_for(conn, months, cache=cache)
+    try:
+        inserted = await _write(conn, rows, snaps)
+    except asyncpg.CheckViolationError:
+        # "No partition found for row": a cached month whose partition was dropped since
+        # (retention on another replica) or never existed in this database. Ask the catalog.
+        existing = await list_partitions(conn)
+        if months <= existing.keys():
+            raise
+        cache.discard(months)
+        await ensure_partition_for(conn, months, cache=cache)
+        inserted = await _write(conn, rows, snaps)
+    return WriteResult(inserted, len(events) - inserted)
+
+
+async def _write(conn: Conn, rows: list[tuple[Any, ...]], snaps: Snapshots) -> int:
+    async with conn.transaction():
+        await conn.execute(_PREPARE_STAGING)
+        await conn.copy_records_to_table("events_staging", records=rows, columns=_STAGING_COLUMNS)
+        status = await conn.execute(_INSERT_EVENTS)
+        await upsert_snapshots(conn, snaps)
+    return affected_rows(status)
+
+
+async def write_isolating(
+    conn: Conn, events: Sequence[Event], *, cache: PartitionCache | None = None
+) -> IsolatedWrite:
+    """`write_batch`, bisecting on data errors so that a bad event never fails its neighbours.
+
+    Each rejected event comes back with its error (for a ``store_rejected`` dead letter);
+    any other error propagates. k bad events in n cost O(k log n) extra round trips.
+    """
+    try:
+        result = await write_batch(conn, events, cache=cache)
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        if len(events) == 1:
+            return IsolatedWrite(0, 0, [Rejected(events[0], exc)])
+        mid = len(events) // 2
+        left = await write_isolating(conn, events[:mid], cache=cache)
+        right = await write_isolating(conn, events[mid:], cache=cache)
+        return IsolatedWrite(
+            left.inserted + right.inserted,
+            left.duplicates + right.duplicates,
+            left.rejected + right.rejected,
+        )
+    return IsolatedWrite(result.inserted, result.duplicates)
+
+
+def encode_headers(headers: Iterable[tuple[str, bytes | None]]) -> str:
+    """Kafka headers as JSON ``[[name, base64 value or null], ...]`` (lossless, ordered)."""
+    return json_text(
+        [[k, None if v is None else base64.b64encode(v).decode("ascii")] for k, v in headers]
+    )
+
+
+async def write_dead_letters(conn: Conn, letters: Sequence[DeadLetter]) -> int:
+    """Store dead letters; one re-read from the same Kafka position is not stored twice.
+
+    Returns how many were new.
+    """
+    if not letters:
+        return 0
+    sources = [d.source for d in letters]
+    status = await conn.execute(
+        _INSERT_DEAD_LETTERS,
+        [s.topic for s in sources],
+        [s.partition for s in sources],
+        [s.offset for s in sources],
+        [s.key for s in sources],
+        [s.value for s in sources],
+        [encode_headers(s.headers) for s in sources],
+        [str(d.code) for d in letters],
+        [d.message for d in letters],
+        [d.failed_at for d in letters],
+    )
+    return affected_rows(status)

@@ -1,0 +1,96 @@
+"""The HTTP application: health and metrics for every role, plus the audit API when serving."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import Settings
+from .health import Health
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+HEALTH = web.AppKey("health", Health)
+METRICS = web.AppKey("metrics", Metrics)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+@dataclass
+class Runtime:
+    """Mutable per-process state shared with handlers (the app itself freezes at start)."""
+
+    #: The process's one asyncpg pool, set by the runner once the database has answered.
+    pool: asyncpg.Pool | None = None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialised with orjson."""
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+async def live(request: web.Request) -> web.Response:
+    return json_response({"status": "live"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    return json_response(health.as_dict(), status=200 if health.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by route template and status."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        m = request.app[METRICS]
+        m.http_requests.labels(route, str(status)).inc()
+        m.http_seconds.labels(route).observe(time.perf_counter() - started)
+
+
+def build_app(settings: Settings, health: Health, metrics_: Metrics) -> web.Application:
+    """The base application: /health/live, /health/ready and /metrics."""
+    app = web.Application(middlewares=[observe])
+    app[SETTINGS] = settings
+    app[RUNTIME] = Runtime()
+    app[HEALTH] = health
+    app[METRICS] = metrics_
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,125 @@
+"""Monthly partitions: created ahead, created on demand concurrently, dropped past retention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from course_audit.store.partitions import (
+    PartitionCache,
+    add_months,
+    drop_expired,
+    ensure_partition_for,
+    ensure_partitions,
+    list_partitions,
+)
+
+NOW = datetime(2026, 11, 15, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+async def conn(migrated_db_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    connection = await asyncpg.connect(migrated_db_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def names(conn: asyncpg.Connection[Any]) -> list[str]:
+    return sorted((await list_partitions(conn)).values())
+
+
+async def test_partitions_are_created_ahead(conn: asyncpg.Connection[Any]) -> None:
+    created = await ensure_partitions(conn, months_ahead=3, now=NOW, cache=PartitionCache())
+    expected = ["events_y2026m11", "events_y2026m12", "events_y2027m01", "events_y2027m02"]
+    assert created == expected
+    assert await names(conn) == expected
+    # Another replica (its own empty cache) finds nothing to do.
+    assert await ensure_partitions(conn, months_ahead=3, now=NOW, cache=PartitionCache()) == []
+
+
+async def test_bounds_are_utc_months_whatever_the_session_zone(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    await conn.execute("SET TimeZone = 'America/New_York'")
+    await ensure_partition_for(conn, {date(2026, 11, 1), date(2026, 12, 1)}, cache=PartitionCache())
+    await conn.execute("SET TimeZone = 'UTC'")  # pg_get_expr renders in the session zone
+    bounds = await conn.fetchval(
+        "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'events_y2026m11'"
+    )
+    assert bounds == ("FOR VALUES FROM ('2026-11-01 00:00:00+00') TO ('2026-12-01 00:00:00+00')")
+
+
+async def test_cache_skips_known_months(conn: asyncpg.Connection[Any]) -> None:
+    cache = PartitionCache()
+    assert await ensure_partition_for(conn, {date(2025, 3, 1)}, cache=cache) == ["events_y2025m03"]
+    # A datetime inside the month counts as the month; known months issue no SQL at all.
+    await conn.close()
+    assert await ensure_partition_for(conn, {datetime(2025, 3, 9, tzinfo=UTC)}, cache=cache) == []
+
+
+async def test_concurrent_creation_of_the_same_month(migrated_db_url: str) -> None:
+    conns = [await asyncpg.connect(migrated_db_url) for _ in range(4)]
+    try:
+        months = {date(2026, 11, 1), date(2026, 12, 1), date(2019, 2, 1)}
+        results = await asyncio.gather(
+            *(ensure_partition_for(c, months, cache=PartitionCache()) for c in conns)
+        )
+        created = sorted(name for result in results for name in result)
+        assert created == ["events_y2019m02", "events_y2026m11", "events_y2026m12"]
+        assert await names(conns[0]) == created
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def insert_at(conn: asyncpg.Connection[Any], ts: str) -> None:
+    await conn.execute(
+        "INSERT INTO events (event_id, created_at, event_type, event_source, course_id,"
+        " account_id, root_account_id, event_data)"
+        " VALUES (gen_random_uuid(), $1::text::timestamptz, 'published', 'api', 1, 2, 3, '{}')",
+        ts,
+    )
+
+
+async def test_drop_expired_drops_exactly_the_expired_months(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    months = {add_months(date(2025, 6, 1), n) for n in range(20)}  # 2025-06 .. 2027-01
+    await ensure_partition_for(conn, months, cache=PartitionCache())
+    for ts in ("2025-08-31T23:59:59Z", "2025-09-01T00:00:00Z", "2026-11-15T00:00:00Z"):
+        await insert_at(conn, ts)
+
+    # 14 months before 2026-11-15 is 2025-09-15: August 2025 and older hold only expired
+    # events; September 2025 still holds some that are not.
+    dropped = await drop_expired(conn, 14, NOW, cache=PartitionCache())
+    assert dropped == ["events_y2025m06", "events_y2025m07", "events_y2025m08"]
+    remaining = await names(conn)
+    assert remaining[0] == "events_y2025m09" and len(remaining) == 17
+    kept = await conn.fetch("SELECT created_at FROM events ORDER BY created_at")
+    assert [r["created_at"].isoformat() for r in kept] == [
+        "2025-09-01T00:00:00+00:00",
+        "2026-11-15T00:00:00+00:00",
+    ]
+    assert await drop_expired(conn, 14, NOW, cache=PartitionCache()) == []
+
+
+async def test_retention_zero_keeps_everything(conn: asyncpg.Connection[Any]) -> None:
+    await ensure_partition_for(conn, {date(2001, 1, 1)}, cache=PartitionCache())
+    assert await drop_expired(conn, 0, NOW, cache=PartitionCache()) == []
+    assert await names(conn) == ["events_y2001m01"]
+
+
+async def test_drop_expired_forgets_dropped_months_in_its_cache(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    cache = PartitionCache()
+    await ensure_partition_for(conn, {date(2020, 1, 1)}, cache=cache)
+    assert await drop_expired(conn, 12, NOW, cache=cache) == ["events_y2020m01"]
+    assert await ensure_partition_for(conn, {date(2020, 1, 1)}, cache=cache) == ["events_y2020m01"]
