@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -104,15 +106,17 @@ async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[tuple[object, Path, str]]:
+def own_postgres() -> Iterator[tuple[object, Path, str]]:
     """A PostgreSQL server of this test's own, so stopping it disturbs no other test."""
     services = load_local_services()
-    state = tmp_path / "pg-state"
+    # Not tmp_path: the postgres user must reach it, and pytest prunes old tmp_path trees.
+    state = Path(tempfile.mkdtemp(prefix="course-audit-pg-"))
     url = services.start_postgres(state)
     try:
         yield services, state, url
     finally:
         services.down(state)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 async def test_database_outage_pauses_then_resumes_without_loss(
