@@ -50,5 +50,18 @@ services-down:
 run: services
 	@bash deploy/local/run.sh "$(STATE_DIR)" "$(ENV_FILE)"
 
+bench: setup
+	$(PY) tests/bench/run.py $(BENCH_ARGS)
+
 clean: services-down
 	rm -rf $(VENV) .services.env .pytest_cache .mypy_cache .ruff_cache bench-results
+
+# Benchmarks (not tests): ratios against baselines measured in the same run.
+# `make bench QUICK=1` for a run of a few minutes; ONLY=ingest to pick benchmarks.
+BENCH_ARGS ?=
+ifdef QUICK
+BENCH_ARGS += --quick
+endif
+ifdef ONLY
+BENCH_ARGS += --only $(ONLY)
+endif

@@ -1,0 +1,136 @@
+"""Shared pieces of `make bench`: machine facts, progress lines, tables and JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+RESULTS = ROOT / "bench-results"
+
+
+def progress(message: str) -> None:
+    """One line per step, with a timestamp, so long runs show where they are."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def versions(database_url: str | None = None) -> dict[str, str]:
+    found = {}
+    for dist in ("aiokafka", "fastavro", "asyncpg", "aiohttp", "orjson"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "missing"
+    from harness import load_local_services
+
+    found["kafka"] = load_local_services().KAFKA_VERSION
+    if database_url:
+        try:
+            out = subprocess.run(
+                ["psql", database_url, "-Atc", "SHOW server_version"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            found["postgresql"] = out.stdout.strip() or "unknown"
+        except OSError:
+            found["postgresql"] = "unknown"
+    return found
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return float(ordered[k])
+
+
+@dataclass
+class Report:
+    """One benchmark's result file: parameters, every run, medians and ratios."""
+
+    name: str
+    parameters: dict[str, Any]
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    medians: dict[str, Any] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def write(self, database_url: str | None) -> Path:
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"{self.name}.json"
+        doc = {
+            "benchmark": self.name,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(),
+            "versions": versions(database_url),
+            "parameters": self.parameters,
+            "runs": self.runs,
+            "medians": self.medians,
+            "ratios": self.ratios,
+            "targets": self.targets,
+            "notes": self.notes,
+        }
+        path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        return path
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells[1:]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
