@@ -61,13 +61,19 @@ def _time(value: str | None, name: str) -> datetime | None:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from .runner import run_roles
 
-    return asyncio.run(run_roles(settings, consume=True))
+    return asyncio.run(run_roles(settings, consume=True, serve_api=True))
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from .runner import run_roles
 
     return asyncio.run(run_roles(settings, consume=True))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .runner import run_roles
+
+    return asyncio.run(run_roles(settings, consume=False, serve_api=True))
 
 
 # ------------------------------------------------------------------ store admin
@@ -266,6 +272,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "run": cmd_run,
     "consume": cmd_consume,
+    "serve": cmd_serve,
     "migrate": cmd_migrate,
     "retention": cmd_retention,
     "produce": cmd_produce,

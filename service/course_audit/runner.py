@@ -54,19 +54,32 @@ async def open_pool(settings: Settings, health: Health, stopping: asyncio.Event)
                 raise asyncio.CancelledError() from exc
 
 
-async def prepare_store(settings: Settings, pool: asyncpg.Pool, health: Health) -> None:
-    """Apply migrations (unless disabled) and create the coming months' partitions."""
+async def prepare_store(
+    settings: Settings, pool: asyncpg.Pool, health: Health, stopping: asyncio.Event
+) -> None:
+    """Apply migrations (unless disabled), else wait for them; create the coming partitions.
+
+    With AUDIT_MIGRATE_ON_START=false another process (a migration job) owns the schema: this
+    one stays unready and starts no work until that job has applied every migration.
+    """
     async with pool.acquire() as conn:
         if settings.migrate_on_start:
             applied = await migrate(conn)
             if applied:
                 log.info("migrations applied", extra={"versions": applied})
         pending = await pending_migrations(conn)
-        health.migrations_ok = not pending
-        if pending:
-            log.error("database schema is behind; run `course-audit migrate`",
-                      extra={"pending": [m.version for m in pending]})  # fmt: skip
-            return
+        while pending:
+            health.migrations_ok = False
+            log.error(
+                "database schema is behind; waiting for `course-audit migrate`",
+                extra={"pending": [m.version for m in pending]},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 5)
+            if stopping.is_set():
+                raise asyncio.CancelledError()
+            pending = await pending_migrations(conn)
+        health.migrations_ok = True
         await ensure_partitions(conn, settings.partitions_ahead)
 
 
@@ -103,7 +116,7 @@ async def _watch_database(pool: asyncpg.Pool, health: Health, consuming: bool) -
             health.database_ok = ok
 
 
-async def run_roles(settings: Settings, *, consume: bool) -> int:
+async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = False) -> int:
     """Run the chosen roles until SIGTERM/SIGINT; return the exit status."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -113,6 +126,10 @@ async def run_roles(settings: Settings, *, consume: bool) -> int:
     health = Health(subscribed=False if consume else None)
     metrics = Metrics()
     app = build_app(settings, health, metrics)
+    if serve_api:
+        from .api import install_api
+
+        install_api(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
@@ -124,7 +141,7 @@ async def run_roles(settings: Settings, *, consume: bool) -> int:
     registry: RegistryClient | None = None
     try:
         pool = await open_pool(settings, health, stopping)
-        await prepare_store(settings, pool, health)
+        await prepare_store(settings, pool, health, stopping)
         app[RUNTIME].pool = pool
         background.append(asyncio.create_task(_watch_database(pool, health, consume)))
         background.append(asyncio.create_task(_maintenance_loop(settings, pool)))

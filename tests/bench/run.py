@@ -23,6 +23,12 @@ def main() -> int:
     parser.add_argument("--ingest-n", type=int, default=None, help="messages (full: 300,000)")
     parser.add_argument("--naive-n", type=int, default=None, help="messages for the naive run")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--query-n", type=int, default=None, help="events (full: 2,000,000)")
+    parser.add_argument("--depth", type=int, default=None, help="deep page (full: 1,000)")
+    parser.add_argument("--seconds", type=float, default=None, help="per query measurement")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=int, default=2000, help="freshness events/s")
+    parser.add_argument("--fresh-seconds", type=int, default=None, help="freshness (full: 60)")
     args = parser.parse_args()
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
@@ -37,6 +43,25 @@ def main() -> int:
                 n = args.ingest_n or (20_000 if quick else 300_000)
                 naive_n = args.naive_n or (2_000 if quick else 20_000)
                 report = asyncio.run(bench_ingest(endpoints, n, naive_n, repeats, log_dir))
+            elif name == "query":
+                from query import bench_query
+
+                report = asyncio.run(
+                    bench_query(
+                        endpoints,
+                        args.query_n or (200_000 if quick else 2_000_000),
+                        args.depth or (100 if quick else 1000),
+                        repeats,
+                        args.seconds or (4 if quick else 10),
+                        args.concurrency,
+                        log_dir,
+                    )
+                )
+            elif name == "freshness":
+                from freshness import bench_freshness
+
+                seconds = args.fresh_seconds or (15 if quick else 60)
+                report = asyncio.run(bench_freshness(endpoints, args.rate, seconds, log_dir))
             else:
                 print(f"unknown benchmark {name!r}", file=sys.stderr)
                 return 2

@@ -1,0 +1,34 @@
+"""The audit HTTP API: Canvas's two Course Audit log endpoints over the store (SPEC §4)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from course_audit.api.auth import TokenCache
+from course_audit.api.errors import errors_middleware, json_protocol_errors
+from course_audit.api.handlers import (
+    ACCOUNT_PATH,
+    API_STATE,
+    COURSE_PATH,
+    ApiState,
+    account_events,
+    course_events,
+    openapi,
+)
+from course_audit.api.render import UTC_NAMES
+from course_audit.web import SETTINGS
+
+
+def install_api(app: web.Application) -> None:
+    """Add the audit endpoints, /openapi.json and JSON errors to the app (before it starts)."""
+    settings = app[SETTINGS]
+    json_protocol_errors()
+    # Appended after `observe`, so the request metrics see the statuses of JSON errors.
+    app.middlewares.append(errors_middleware)
+    app[API_STATE] = ApiState(TokenCache(), settings.zone, settings.time_zone in UTC_NAMES)
+    app.router.add_get(COURSE_PATH, course_events)
+    app.router.add_get(ACCOUNT_PATH, account_events)
+    app.router.add_get("/openapi.json", openapi)
+
+
+__all__ = ["install_api"]

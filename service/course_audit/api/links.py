@@ -1,0 +1,82 @@
+"""Absolute URLs: the base URL of a request and the `Link` header of a page (SPEC §4.4)."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+from aiohttp import web
+
+from course_audit.api.errors import bad_parameter
+from course_audit.api.params import FIRST
+from course_audit.config import Settings
+
+# What a Host (or X-Forwarded-Host) may hold: a name, IPv4 or [IPv6] with an optional port.
+# Anything else could smuggle '<', '>' or ',' into the Link header.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
+# Characters left as they are in query values; everything else is percent-encoded.
+_SAFE = ":"
+
+
+def _first(header: str | None) -> str | None:
+    if not header:
+        return None
+    value = header.split(",", 1)[0].strip()
+    return value or None
+
+
+def base_url(request: web.Request, settings: Settings) -> str:
+    """The configured public base URL, else the request's scheme and host (no trailing '/').
+
+    X-Forwarded-Proto/-Host count only with AUDIT_TRUST_PROXY: otherwise any client could
+    point the links it is given somewhere else.
+    """
+    if settings.public_base_url:
+        return settings.public_base_url
+    scheme = request.scheme
+    host = request.host
+    if settings.trust_proxy:
+        proto = _first(request.headers.get("X-Forwarded-Proto"))
+        if proto is not None and proto.lower() in ("http", "https"):
+            scheme = proto.lower()
+        forwarded_host = _first(request.headers.get("X-Forwarded-Host"))
+        if forwarded_host is not None:
+            host = forwarded_host
+    if not _HOST.fullmatch(host):
+        raise bad_parameter("Host: the request's host is not a valid host name")
+    return f"{scheme}://{host}"
+
+
+def page_url(
+    path_url: str, start_time: str | None, end_time: str | None, page: str, per_page: int
+) -> str:
+    """One page's URL: the kept filters, then `page=...&per_page=N` last."""
+    parts = []
+    if start_time is not None:
+        parts.append(f"start_time={quote(start_time, safe=_SAFE)}")
+    if end_time is not None:
+        parts.append(f"end_time={quote(end_time, safe=_SAFE)}")
+    parts.append(f"page={quote(page, safe=_SAFE)}")
+    parts.append(f"per_page={per_page}")
+    return f"{path_url}?{'&'.join(parts)}"
+
+
+def link_header(
+    path_url: str,
+    start_time: str | None,
+    end_time: str | None,
+    current: str,
+    next_page: str | None,
+    per_page: int,
+) -> str:
+    """`current`, `next` (when there is one) and `first`, joined by ',' with no space."""
+    entries = [(current, "current")]
+    if next_page is not None:
+        entries.append((next_page, "next"))
+    entries.append((FIRST, "first"))
+    return ",".join(
+        f'<{page_url(path_url, start_time, end_time, page, per_page)}>; rel="{rel}"'
+        for page, rel in entries
+    )

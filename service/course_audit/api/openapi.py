@@ -1,0 +1,490 @@
+"""The OpenAPI 3.1 description of the HTTP API (served at GET /openapi.json)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from course_audit import __version__
+from course_audit.api.errors import NOT_FOUND, RETRY_AFTER_S
+from course_audit.model import EVENT_RECORDS
+
+_REF = "#/components/schemas/"
+_RESPONSES = "#/components/responses/"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+_ID = {
+    "description": "An integer id; a decimal string with "
+    "`Accept: application/json+canvas-string-ids`.",
+    "oneOf": [
+        {"type": "integer", "format": "int64"},
+        {"type": "string", "pattern": "^[0-9]+$"},
+    ],
+}
+_NULLABLE_ID = {"oneOf": [*_ID["oneOf"], {"type": "null"}]}
+
+_TIME_PARAMETER_TEXT = (
+    "An ISO 8601 date (`2026-01-31`, midnight) or date-time (`2026-01-31T13:45:00Z`, "
+    "`2026-01-31T13:45:00-07:00`); without an offset it is read in the service's time zone "
+    "(AUDIT_TIME_ZONE, default UTC). Compared with `created_at` at whole seconds, as shown. "
+    "Unparseable: 400."
+)
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["errors"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "enum": ["unauthenticated"]},
+            "errors": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["message"],
+                    "additionalProperties": False,
+                    "properties": {"message": {"type": "string"}},
+                },
+            },
+        },
+    },
+    "CourseEventLinks": {
+        "type": "object",
+        "description": "Ids the event refers to. For copied_from, copied_to, reset_from and "
+        "reset_to the related course's id comes first, under the event type's name.",
+        "required": ["course", "page_view", "user", "sis_batch"],
+        "additionalProperties": False,
+        "properties": {
+            "copied_from": {"type": "integer", "format": "int64"},
+            "copied_to": {"type": "integer", "format": "int64"},
+            "reset_from": {"type": "integer", "format": "int64"},
+            "reset_to": {"type": "integer", "format": "int64"},
+            "course": {"type": "integer", "format": "int64"},
+            "page_view": _nullable("string"),
+            "user": _nullable("integer", format="int64"),
+            "sis_batch": _nullable("integer", format="int64"),
+        },
+    },
+    "CourseEvent": {
+        "type": "object",
+        "required": ["id", "created_at", "event_type", "event_source", "event_data", "links"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "created_at": {
+                "type": "string",
+                "format": "date-time",
+                "description": "Whole seconds, in the service's time zone (`Z` for UTC).",
+            },
+            "event_type": {"type": "string", "enum": list(EVENT_RECORDS)},
+            "event_source": {
+                "type": "string",
+                "description": "manual, api, sis, api_in_app or another source.",
+            },
+            "event_data": {
+                "type": "object",
+                "description": "created/updated: {attribute: [old, new]} (created may add "
+                "created_source); {} for every other type.",
+                "additionalProperties": {
+                    "oneOf": [
+                        {"type": "array", "minItems": 2, "maxItems": 2},
+                        {"type": ["string", "null"]},
+                    ]
+                },
+            },
+            "links": _ref("CourseEventLinks"),
+        },
+    },
+    "Course": {
+        "type": "object",
+        "description": "Latest snapshot, with Canvas's Course field names.",
+        "required": ["id"],
+        "properties": {
+            "id": _ID,
+            "sis_course_id": _nullable("string"),
+            "uuid": _nullable("string"),
+            "integration_id": _nullable("string"),
+            "name": _nullable("string"),
+            "course_code": _nullable("string"),
+            "workflow_state": _nullable("string"),
+            "account_id": _ID,
+            "root_account_id": _ID,
+            "enrollment_term_id": _NULLABLE_ID,
+            "created_at": _nullable("string"),
+            "start_at": _nullable("string"),
+            "end_at": _nullable("string"),
+            "default_view": _nullable("string"),
+            "is_public": _nullable("boolean"),
+            "license": _nullable("string"),
+            "time_zone": _nullable("string"),
+        },
+    },
+    "User": {
+        "type": "object",
+        "description": "Latest snapshot, with Canvas's User field names.",
+        "required": ["id"],
+        "properties": {
+            "id": _ID,
+            "name": _nullable("string"),
+            "sortable_name": _nullable("string"),
+            "short_name": _nullable("string"),
+            "sis_user_id": _nullable("string"),
+            "integration_id": _nullable("string"),
+            "login_id": _nullable("string"),
+            "created_at": _nullable("string"),
+        },
+    },
+    "PageView": {
+        "type": "object",
+        "description": "Latest snapshot, with Canvas's PageView field names.",
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string"},
+            "url": _nullable("string"),
+            "context_type": _nullable("string"),
+            "asset_type": _nullable("string"),
+            "controller": _nullable("string"),
+            "action": _nullable("string"),
+            "interaction_seconds": _nullable("number"),
+            "created_at": _nullable("string"),
+            "user_request": _nullable("boolean"),
+            "render_time": _nullable("number"),
+            "user_agent": _nullable("string"),
+            "participated": _nullable("boolean"),
+            "http_method": _nullable("string"),
+            "remote_ip": _nullable("string"),
+        },
+    },
+    "CourseAuditDocument": {
+        "type": "object",
+        "required": ["links", "events", "linked"],
+        "additionalProperties": False,
+        "properties": {
+            "links": {
+                "type": "object",
+                "required": ["events.course", "events.user", "events.sis_batch"],
+                "additionalProperties": False,
+                "properties": {
+                    "events.course": {
+                        "type": "string",
+                        "description": "URL template: <base>/api/v1/courses/{events.course}",
+                    },
+                    "events.user": {"type": "null"},
+                    "events.sis_batch": {"type": "null"},
+                },
+            },
+            "events": {"type": "array", "items": _ref("CourseEvent")},
+            "linked": {
+                "type": "object",
+                "required": ["page_views", "courses", "users"],
+                "additionalProperties": False,
+                "properties": {
+                    "page_views": {"type": "array", "items": _ref("PageView")},
+                    "courses": {"type": "array", "items": _ref("Course")},
+                    "users": {"type": "array", "items": _ref("User")},
+                },
+            },
+        },
+    },
+    "Liveness": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["live"]}},
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["ready", "database", "migrations", "subscribed"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "database": {"type": "boolean"},
+            "migrations": {"type": "boolean"},
+            "subscribed": {
+                "type": ["boolean", "null"],
+                "description": "null when the process does not consume",
+            },
+        },
+    },
+}
+
+
+def _error(description: str, example: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
+        "content": {
+            "application/json": {
+                "schema": _ref("Error"),
+                "example": {"errors": [{"message": example}]},
+            }
+        },
+    }
+    response["headers"].update(headers or {})
+    return response
+
+
+_WWW_AUTHENTICATE = {
+    "description": 'Bearer realm="course-audit" (with error="invalid_token" for a bad token)',
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+_RESPONSE_OBJECTS: dict[str, Any] = {
+    "BadParameter": _error(
+        "A malformed parameter; the message names it.",
+        "per_page: 'ten' is not a whole number (use 1 to 100)",
+    ),
+    "Unauthorized": {
+        "description": "No token (`status: unauthenticated`), an unknown token "
+        "(`Invalid access token.`) or a revoked one (`Revoked access token.`).",
+        "headers": {
+            "WWW-Authenticate": _WWW_AUTHENTICATE,
+            "Cache-Control": {"$ref": "#/components/headers/NoStore"},
+        },
+        "content": {
+            "application/json": {
+                "schema": _ref("Error"),
+                "examples": {
+                    "missing": {
+                        "value": {
+                            "status": "unauthenticated",
+                            "errors": [{"message": "user authorization required"}],
+                        }
+                    },
+                    "unknown": {"value": {"errors": [{"message": "Invalid access token."}]}},
+                    "revoked": {"value": {"errors": [{"message": "Revoked access token."}]}},
+                },
+            }
+        },
+    },
+    "NotFound": _error(
+        "Unknown, or outside the token's root accounts (indistinguishable); or no such route.",
+        NOT_FOUND,
+    ),
+    "MethodNotAllowed": _error(
+        "A method other than GET or HEAD.",
+        "The method POST is not allowed here; use GET or HEAD.",
+        {"Allow": {"schema": {"type": "string"}}},
+    ),
+    "Unavailable": _error(
+        "The database is unreachable (the service recovers by itself when it returns).",
+        "The database is unavailable; try again shortly.",
+        {
+            "Retry-After": {
+                "description": f"Seconds to wait ({RETRY_AFTER_S}).",
+                "required": True,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        },
+    ),
+    "InternalError": _error(
+        "An unexpected error (never a stack trace).", "An internal error occurred."
+    ),
+    "AuditDocument": {
+        "description": "A page of events, newest first, with the courses, users and page "
+        "views they refer to.",
+        "headers": {
+            "Link": {
+                "description": '`<URL>; rel="current"`, `<URL>; rel="next"` (only when more '
+                'events exist) and `<URL>; rel="first"`, joined by `,`. Absolute URLs with '
+                "the numeric id, keeping start_time/end_time, ending in `page=...&per_page=N`.",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+        },
+        "content": {"application/json": {"schema": _ref("CourseAuditDocument")}},
+    },
+}
+
+_QUERY_PARAMETERS: dict[str, Any] = {
+    "start_time": {
+        "name": "start_time",
+        "in": "query",
+        "description": "Only events with created_at >= start_time. " + _TIME_PARAMETER_TEXT,
+        "schema": {"type": "string"},
+        "example": "2026-01-31T00:00:00Z",
+    },
+    "end_time": {
+        "name": "end_time",
+        "in": "query",
+        "description": "Only events with created_at <= end_time (start_time > end_time: no "
+        "events). " + _TIME_PARAMETER_TEXT,
+        "schema": {"type": "string"},
+        "example": "2026-02-28",
+    },
+    "per_page": {
+        "name": "per_page",
+        "in": "query",
+        "description": "Page size: default 10; above 100 means 100; below 1 or not a whole "
+        "number: 400.",
+        "schema": {"type": "integer", "minimum": 1, "default": 10},
+    },
+    "page": {
+        "name": "page",
+        "in": "query",
+        "description": "`first` (default), or the opaque `bookmark:...` value of a Link URL.",
+        "schema": {"type": "string", "pattern": "^(first|bookmark:[A-Za-z0-9_-]+)$"},
+    },
+    "access_token": {
+        "name": "access_token",
+        "in": "query",
+        "description": "The token, when it cannot go in the Authorization header; never "
+        "echoed in Link URLs.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _operation(
+    summary: str, description: str, path_parameter: dict[str, Any], op_id: str
+) -> dict[str, Any]:
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "description": description,
+        "tags": ["Course Audit log"],
+        "security": [{"bearer": []}, {"access_token": []}],
+        "parameters": [
+            path_parameter,
+            *({"$ref": f"#/components/parameters/{name}"} for name in _QUERY_PARAMETERS),
+        ],
+        "responses": {
+            "200": {"$ref": _RESPONSES + "AuditDocument"},
+            "400": {"$ref": _RESPONSES + "BadParameter"},
+            "401": {"$ref": _RESPONSES + "Unauthorized"},
+            "404": {"$ref": _RESPONSES + "NotFound"},
+            "405": {"$ref": _RESPONSES + "MethodNotAllowed"},
+            "500": {"$ref": _RESPONSES + "InternalError"},
+            "503": {"$ref": _RESPONSES + "Unavailable"},
+        },
+    }
+
+
+def _plain(summary: str, responses: dict[str, Any], op_id: str) -> dict[str, Any]:
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": ["Operations"],
+        "security": [],
+        "responses": {**responses, "405": {"$ref": _RESPONSES + "MethodNotAllowed"}},
+    }
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@lru_cache(maxsize=1)
+def _template() -> dict[str, Any]:
+    course = _operation(
+        "List course change events for a course",
+        "Events of one course, newest first (created_at, then arrival, descending), as a "
+        "compound document. Keyset pagination through the Link header.",
+        {
+            "name": "course_id",
+            "in": "path",
+            "required": True,
+            "description": "A numeric course id, or `sis_course_id:<value>`.",
+            "schema": {"type": "string", "pattern": "^([0-9]+|sis_course_id:.+)$"},
+        },
+        "listCourseEventsForCourse",
+    )
+    account = _operation(
+        "List course change events for an account",
+        "Events of courses whose direct account was this account when the event happened "
+        "(sub-accounts are not included).",
+        {
+            "name": "account_id",
+            "in": "path",
+            "required": True,
+            "description": "A numeric account id.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "listCourseEventsForAccount",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "course-audit",
+            "version": __version__,
+            "description": "Canvas LMS's Course Audit log API served from a Kafka-fed store. "
+            'Errors are JSON: `{"errors":[{"message":...}]}`, with '
+            "`Cache-Control: no-store`.",
+        },
+        "servers": [{"url": "/"}],
+        "tags": [{"name": "Course Audit log"}, {"name": "Operations"}],
+        "paths": {
+            "/api/v1/audit/course/courses/{course_id}": {"get": course},
+            "/api/v1/audit/course/accounts/{account_id}": {"get": account},
+            "/openapi.json": {
+                "get": _plain(
+                    "This document",
+                    {"200": _json("The OpenAPI 3.1 document.", {"type": "object"})},
+                    "getOpenApi",
+                )
+            },
+            "/health/live": {
+                "get": _plain(
+                    "Liveness: the process answers",
+                    {"200": _json("Alive.", _ref("Liveness"))},
+                    "getLiveness",
+                )
+            },
+            "/health/ready": {
+                "get": _plain(
+                    "Readiness: database reachable, migrations applied, subscribed (consumer)",
+                    {
+                        "200": _json("Ready.", _ref("Readiness")),
+                        "503": _json("Not ready.", _ref("Readiness")),
+                    },
+                    "getReadiness",
+                )
+            },
+            "/metrics": {
+                "get": _plain(
+                    "Prometheus metrics",
+                    {
+                        "200": {
+                            "description": "Prometheus text exposition format.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                    "getMetrics",
+                )
+            },
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSE_OBJECTS,
+            "parameters": _QUERY_PARAMETERS,
+            "headers": {
+                "NoStore": {
+                    "description": "no-store",
+                    "schema": {"type": "string", "const": "no-store"},
+                }
+            },
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token from `course-audit token create`; it grants its "
+                    "root accounts.",
+                },
+                "access_token": {"type": "apiKey", "in": "query", "name": "access_token"},
+            },
+        },
+    }
+
+
+def openapi_document(server_url: str = "/") -> dict[str, Any]:
+    """The document, with `server_url` as its server (the base of the API's own links)."""
+    # A shallow copy: the shared template itself is never modified.
+    return {**_template(), "servers": [{"url": server_url}]}

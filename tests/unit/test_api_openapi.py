@@ -1,0 +1,50 @@
+"""The OpenAPI 3.1 document is valid and describes what the API does."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import orjson
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from course_audit.api.openapi import openapi_document
+from course_audit.api.render import render_document
+from course_audit.store.queries import Linked
+
+
+def test_document_is_valid_openapi_3_1() -> None:
+    document = openapi_document("https://audit.example.edu")
+    assert document["openapi"] == "3.1.0"
+    assert document["servers"] == [{"url": "https://audit.example.edu"}]
+    validate(orjson.loads(orjson.dumps(document)))
+
+
+def test_document_lists_both_endpoints_and_the_operational_routes() -> None:
+    paths = openapi_document()["paths"]
+    assert set(paths) == {
+        "/api/v1/audit/course/courses/{course_id}",
+        "/api/v1/audit/course/accounts/{account_id}",
+        "/openapi.json",
+        "/health/live",
+        "/health/ready",
+        "/metrics",
+    }
+    course = paths["/api/v1/audit/course/courses/{course_id}"]["get"]
+    names = {p.get("name") or p["$ref"].rsplit("/", 1)[1] for p in course["parameters"]}
+    assert names == {"course_id", "start_time", "end_time", "per_page", "page", "access_token"}
+    assert set(course["responses"]) == {"200", "400", "401", "404", "405", "500", "503"}
+
+
+def test_empty_document_matches_its_schema() -> None:
+    document = openapi_document()
+    registry: Registry = Registry().with_resource(
+        "urn:doc", Resource.from_contents(document, default_specification=DRAFT202012)
+    )
+    validator = Draft202012Validator(
+        {"$ref": "urn:doc#/components/schemas/CourseAuditDocument"}, registry=registry
+    )
+    body = render_document([], Linked(), ([], [], []), "http://h", UTC, utc=True)
+    validator.validate(orjson.loads(orjson.dumps(body)))

@@ -1,0 +1,170 @@
+"""The compound document (SPEC §4.5), rendered from stored rows; pure logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+
+from course_audit.api.render import (
+    canvas_object,
+    render_document,
+    render_event,
+    render_time,
+    stringify_ids,
+    wants_string_ids,
+)
+from course_audit.model import EVENT_RECORDS
+from course_audit.store.queries import EventRow, Linked, referenced
+
+T = datetime(2026, 3, 1, 21, 0, 0, 999000, tzinfo=UTC)
+
+
+def row(event_type: str = "updated", **fields: Any) -> EventRow:
+    values: dict[str, Any] = {
+        "event_id": "e2b76430-27a5-0131-3ca1-48e0eb13f29b",
+        "created_at": T,
+        "seq": 1,
+        "event_type": event_type,
+        "event_source": "api",
+        "course_id": 12345,
+        "user_id": 7,
+        "page_view_id": "pv-1",
+        "sis_batch_id": None,
+        "related_course_id": None,
+        "event_data": {},
+    }
+    values.update(fields)
+    return EventRow(**values)
+
+
+def test_created_at_is_whole_seconds_with_z_for_utc() -> None:
+    assert render_time(T, UTC, utc=True) == "2026-03-01T21:00:00Z"
+
+
+def test_created_at_in_another_zone_has_its_offset() -> None:
+    assert render_time(T, ZoneInfo("America/Denver"), utc=False) == "2026-03-01T14:00:00-07:00"
+    # A zone that happens to be at +00:00 is not UTC: it keeps its offset.
+    assert render_time(T, ZoneInfo("Europe/London"), utc=False) == "2026-03-01T21:00:00+00:00"
+
+
+def test_event_keys_and_links_in_order() -> None:
+    event = render_event(row(event_data={"name": ["A", "B"]}, sis_batch_id=77), UTC, utc=True)
+    assert list(event) == ["id", "created_at", "event_type", "event_source", "event_data", "links"]
+    assert event["links"] == {"course": 12345, "page_view": "pv-1", "user": 7, "sis_batch": 77}
+    assert list(event["links"]) == ["course", "page_view", "user", "sis_batch"]
+    assert event["event_data"] == {"name": ["A", "B"]}
+
+
+@pytest.mark.parametrize("event_type", ["copied_from", "copied_to", "reset_from", "reset_to"])
+def test_copy_and_reset_links_name_the_related_course_first(event_type: str) -> None:
+    event = render_event(row(event_type, related_course_id=456), UTC, utc=True)
+    assert list(event["links"]) == [event_type, "course", "page_view", "user", "sis_batch"]
+    assert event["links"][event_type] == 456
+    assert event["event_data"] == {}
+
+
+@pytest.mark.parametrize(
+    "event_type", [t for t in EVENT_RECORDS if not t.startswith(("copied", "reset"))]
+)
+def test_other_types_have_only_the_four_links(event_type: str) -> None:
+    event = render_event(row(event_type, user_id=None, page_view_id=None), UTC, utc=True)
+    assert event["links"] == {"course": 12345, "page_view": None, "user": None, "sis_batch": None}
+
+
+def test_empty_document_is_complete() -> None:
+    doc = render_document([], Linked(), ([], [], []), "https://a.example", UTC, utc=True)
+    assert orjson.dumps(doc) == (
+        b'{"links":{"events.course":"https://a.example/api/v1/courses/{events.course}",'
+        b'"events.user":null,"events.sis_batch":null},"events":[],'
+        b'"linked":{"page_views":[],"courses":[],"users":[]}}'
+    )
+
+
+def test_linked_each_once_in_order_of_reference_with_canvas_field_order() -> None:
+    events = [
+        row("copied_from", related_course_id=2, user_id=8, page_view_id="pv-2"),
+        row("updated", course_id=12345, user_id=8, page_view_id="pv-1"),
+        row("updated", course_id=2, user_id=None, page_view_id=None),
+    ]
+    refs = referenced(events)
+    assert refs == ([12345, 2], [8], ["pv-2", "pv-1"])
+    course = {"root_account_id": 1, "name": "Bio", "id": 12345, "account_id": 3, "zz_new": 1}
+    linked = Linked(
+        courses={2: {"id": 2, "account_id": 3, "root_account_id": 1}, 12345: course},
+        users={8: {"sortable_name": "Doe, Jo", "id": 8, "name": "Jo Doe"}},
+        page_views={"pv-1": {"url": "/x", "id": "pv-1"}},  # pv-2 has no snapshot: left out
+    )
+    doc = render_document(events, linked, refs, "http://h", UTC, utc=True)
+    assert list(doc) == ["links", "events", "linked"]
+    assert list(doc["linked"]) == ["page_views", "courses", "users"]
+    assert [c["id"] for c in doc["linked"]["courses"]] == [12345, 2]
+    assert list(doc["linked"]["courses"][0]) == [
+        "id",
+        "name",
+        "account_id",
+        "root_account_id",
+        "zz_new",
+    ]
+    assert list(doc["linked"]["users"][0]) == ["id", "name", "sortable_name"]
+    assert doc["linked"]["page_views"] == [{"id": "pv-1", "url": "/x"}]
+
+
+def test_nulls_the_store_holds_are_kept() -> None:
+    assert canvas_object({"id": 1, "sis_course_id": None}, ("id", "sis_course_id")) == {
+        "id": 1,
+        "sis_course_id": None,
+    }
+
+
+def test_string_ids() -> None:
+    value = {
+        "id": 1,
+        "account_id": 2,
+        "root_account_id": 3,
+        "enrollment_term_id": None,
+        "sis_course_id": "SIS-1",
+        "is_public": True,
+        "paid": 5,
+        "idx": 4,
+        "user_ids": [1, 2],
+        "nested": [{"course_id": 9, "id": False}],
+    }
+    assert stringify_ids(value) == {
+        "id": "1",
+        "account_id": "2",
+        "root_account_id": "3",
+        "enrollment_term_id": None,
+        "sis_course_id": "SIS-1",
+        "is_public": True,
+        "paid": 5,
+        "idx": 4,
+        "user_ids": ["1", "2"],
+        "nested": [{"course_id": "9", "id": False}],
+    }
+
+
+def test_string_ids_touch_only_linked() -> None:
+    events = [row("copied_to", related_course_id=2)]
+    linked = Linked(courses={12345: {"id": 12345, "account_id": 3}}, users={7: {"id": 7}})
+    doc = render_document(events, linked, referenced(events), "h", UTC, utc=True, string_ids=True)
+    assert doc["events"][0]["links"]["course"] == 12345
+    assert doc["events"][0]["links"]["copied_to"] == 2
+    assert doc["linked"]["courses"] == [{"id": "12345", "account_id": "3"}]
+    assert doc["linked"]["users"] == [{"id": "7"}]
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        (None, False),
+        ("application/json", False),
+        ("application/json+canvas-string-ids", True),
+        ("application/json+canvas-string-ids, application/json;q=0.9", True),
+    ],
+)
+def test_wants_string_ids(accept: str | None, expected: bool) -> None:
+    assert wants_string_ids(accept) is expected
