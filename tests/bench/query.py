@@ -77,7 +77,7 @@ async def load(db_url: str, n: int, seed: int = 7) -> dict[str, Any]:
     big_share = 0.3  # 30% of events on the big courses
     conn = await asyncpg.connect(db_url)
     try:
-        months = {month_of(start + span * k / 12) for k in range(13)} | {month_of(now)}
+        months = {month_of(start + timedelta(days=d)) for d in range(0, 362, 5)}
         await ensure_partition_for(conn, months, cache=PartitionCache())
         chunk: list[tuple[Any, ...]] = []
         page_views: list[tuple[Any, ...]] = []
