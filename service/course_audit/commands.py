@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -18,7 +19,12 @@ from .decode import Decoder
 from .model import Decoded, Event
 from .registry import RegistryClient
 from .schemas import SchemaCatalog
-from .store.dead_letters import list_dead_letters, mark_replayed, update_dead_letter_error
+from .store.dead_letters import (
+    StoredDeadLetter,
+    list_dead_letters,
+    mark_replayed,
+    update_dead_letter_error,
+)
 from .store.migrate import migrate
 from .store.partitions import drop_expired, ensure_partitions
 from .store.tokens import create_token, list_tokens, revoke_token
@@ -41,8 +47,27 @@ def _run(coro: Awaitable[int]) -> int:
         return 1
 
 
-async def _connect(settings: Settings) -> asyncpg.Connection:
-    return await asyncpg.connect(settings.database_url, timeout=10)
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url, timeout=10)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _selected_dead_letters(
+    conn: asyncpg.Connection, args: argparse.Namespace
+) -> list[StoredDeadLetter]:
+    """The dead letters chosen by the --code/--topic/--since/--until/--limit options."""
+    return await list_dead_letters(
+        conn,
+        code=args.code,
+        topic=args.topic,
+        since=_time(args.since, "--since"),
+        until=_time(args.until, "--until"),
+        limit=args.limit,
+    )
 
 
 def _time(value: str | None, name: str) -> datetime | None:
@@ -81,12 +106,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        conn = await _connect(settings)
-        try:
+        async with _connection(settings) as conn:
             applied = await migrate(conn)
             created = await ensure_partitions(conn, settings.partitions_ahead)
-        finally:
-            await conn.close()
         print(f"applied migrations: {applied or 'none pending'}", file=sys.stderr)
         if created:
             print(f"created partitions: {', '.join(created)}", file=sys.stderr)
@@ -97,12 +119,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        conn = await _connect(settings)
-        try:
+        async with _connection(settings) as conn:
             created = await ensure_partitions(conn, settings.partitions_ahead)
             dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
-        finally:
-            await conn.close()
         print(f"created: {', '.join(created) or 'none'}")
         print(f"dropped: {', '.join(dropped) or 'none'}")
         return 0
@@ -114,11 +133,8 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         if any(r <= 0 for r in args.roots):
             raise UsageError("--root-account must be a positive integer")
-        conn = await _connect(settings)
-        try:
+        async with _connection(settings) as conn:
             created = await create_token(conn, args.name, args.roots)
-        finally:
-            await conn.close()
         # The token alone on stdout so scripts can capture it; the rest goes to stderr.
         print(created.token)
         print(
@@ -133,11 +149,8 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        conn = await _connect(settings)
-        try:
+        async with _connection(settings) as conn:
             tokens = await list_tokens(conn)
-        finally:
-            await conn.close()
         for t in tokens:
             state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
             roots = ",".join(map(str, t.root_account_ids))
@@ -149,11 +162,8 @@ def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        conn = await _connect(settings)
-        try:
+        async with _connection(settings) as conn:
             done = await revoke_token(conn, args.token_id)
-        finally:
-            await conn.close()
         if not done:
             print(f"course-audit: no active token with id {args.token_id}", file=sys.stderr)
             return 1
@@ -168,18 +178,8 @@ def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
-        conn = await _connect(settings)
-        try:
-            rows = await list_dead_letters(
-                conn,
-                code=args.code,
-                topic=args.topic,
-                since=_time(args.since, "--since"),
-                until=_time(args.until, "--until"),
-                limit=args.limit,
-            )
-        finally:
-            await conn.close()
+        async with _connection(settings) as conn:
+            rows = await _selected_dead_letters(conn, args)
         for row in rows:
             s = row.letter.source
             print(
@@ -209,36 +209,30 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
             RegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
         )
         decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
-        conn = await _connect(settings)
         stored = still_failing = 0
         try:
-            rows = await list_dead_letters(
-                conn,
-                code=args.code,
-                topic=args.topic,
-                since=_time(args.since, "--since"),
-                until=_time(args.until, "--until"),
-                limit=args.limit,
-            )
-            now = datetime.now(UTC)
-            cutoff = retention_cutoff(now, settings.retention_months)
-            for row in rows:
-                outcome: Decoded | Event | Any = await decoder.decode(row.letter.source.value)
-                if isinstance(outcome, Decoded):
-                    outcome = to_event(outcome, now=now)
-                if isinstance(outcome, Event) and outcome.created_at < cutoff:
-                    outcome = beyond_retention(outcome, cutoff, settings.retention_months)
-                if isinstance(outcome, Event):
-                    outcome.source = row.letter.source
-                    async with conn.transaction():
-                        await write_batch(conn, [outcome])
-                        await mark_replayed(conn, [row.id])
-                    stored += 1
-                else:
-                    await update_dead_letter_error(conn, row.id, outcome.code, outcome.message, now)
-                    still_failing += 1
+            async with _connection(settings) as conn:
+                rows = await _selected_dead_letters(conn, args)
+                now = datetime.now(UTC)
+                cutoff = retention_cutoff(now, settings.retention_months)
+                for row in rows:
+                    outcome: Decoded | Event | Any = await decoder.decode(row.letter.source.value)
+                    if isinstance(outcome, Decoded):
+                        outcome = to_event(outcome, now=now)
+                    if isinstance(outcome, Event) and outcome.created_at < cutoff:
+                        outcome = beyond_retention(outcome, cutoff, settings.retention_months)
+                    if isinstance(outcome, Event):
+                        outcome.source = row.letter.source
+                        async with conn.transaction():
+                            await write_batch(conn, [outcome])
+                            await mark_replayed(conn, [row.id])
+                        stored += 1
+                    else:
+                        await update_dead_letter_error(
+                            conn, row.id, outcome.code, outcome.message, now
+                        )
+                        still_failing += 1
         finally:
-            await conn.close()
             if registry is not None:
                 await registry.close()
         print(f"replayed {len(rows)}: stored {stored}, still failing {still_failing}")
