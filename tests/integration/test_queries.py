@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,15 +52,6 @@ def event(at: datetime, crs: dict[str, Any], event_type: str = "updated", **kw: 
         event_data={"name": ["A", "B"]} if event_type == "updated" else {},
         related_course=kw.get("related"),
     )
-
-
-@pytest.fixture
-async def conn(migrated_db_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
-    connection = await asyncpg.connect(migrated_db_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def store(conn: asyncpg.Connection[Any], events: list[Event]) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import pytest
 
 from course_audit.model import DeadLetter, ErrorCode, Source
 from course_audit.store import (
@@ -30,15 +28,6 @@ def letter(
 ) -> DeadLetter:
     source = Source(topic, 1, offset, b"42", value, (("trace", b"\x00\xff"), ("origin", b"lms")))
     return DeadLetter(source, code, f"cannot decode offset {offset}", failed_at)
-
-
-@pytest.fixture
-async def conn(migrated_db_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
-    connection = await asyncpg.connect(migrated_db_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def test_dead_letter_round_trips_losslessly(conn: asyncpg.Connection[Any]) -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
-import pytest
 
 from course_audit.store.partitions import (
     PartitionCache,
@@ -20,15 +18,6 @@ from course_audit.store.partitions import (
 )
 
 NOW = datetime(2026, 11, 15, 9, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-async def conn(migrated_db_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
-    connection = await asyncpg.connect(migrated_db_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def names(conn: asyncpg.Connection[Any]) -> list[str]:

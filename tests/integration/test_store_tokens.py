@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
 from course_audit.store import create_token, list_tokens, lookup_token, revoke_token
-
-
-@pytest.fixture
-async def conn(migrated_db_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
-    connection = await asyncpg.connect(migrated_db_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def test_create_then_lookup(conn: asyncpg.Connection[Any]) -> None:

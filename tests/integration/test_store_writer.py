@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,15 +52,6 @@ def make_event(
         related_course=related_course,
         source=Source("course-events", 2, offset, b"42", b"raw"),
     )
-
-
-@pytest.fixture
-async def conn(migrated_db_url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
-    connection = await asyncpg.connect(migrated_db_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
