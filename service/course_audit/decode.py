@@ -6,7 +6,13 @@ from io import BytesIO
 
 from fastavro import schemaless_reader
 
-from course_audit.framing import ConfluentHeader, SingleObjectHeader, parse_header
+from course_audit.framing import (
+    SINGLE_OBJECT_HEADER_LEN,
+    SINGLE_OBJECT_MAGIC,
+    ConfluentHeader,
+    SingleObjectHeader,
+    parse_header,
+)
 from course_audit.model import RECORD_EVENT_TYPES, Decoded, ErrorCode, Rejection
 from course_audit.registry import RegistryClient
 from course_audit.schemas import SchemaCatalog, SchemaError, WriterSchema
@@ -39,6 +45,16 @@ class Decoder:
 
     def decode_sync(self, value: bytes | None) -> Decoded | Rejection | None:
         """Decode without I/O; None means "await decode(value)" (schema id not fetched yet)."""
+        # The usual message, single-object framed with a known schema, without building a
+        # header first (it runs for every message); anything else takes the general path.
+        if (
+            value is not None
+            and value[:2] == SINGLE_OBJECT_MAGIC
+            and len(value) >= SINGLE_OBJECT_HEADER_LEN
+        ):
+            writer = self._catalog.writer(value[2:SINGLE_OBJECT_HEADER_LEN])
+            if writer is not None:
+                return self._read(value, writer, SINGLE_OBJECT_HEADER_LEN)
         header = parse_header(value, confluent=self._registry is not None)
         if isinstance(header, Rejection):
             return header

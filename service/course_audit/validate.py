@@ -117,6 +117,8 @@ def _course_problem(course: Any, field: str) -> str | None:
         return f"{field} is missing"
     for key in _COURSE_IDS:
         value = course.get(key)
+        if type(value) is int and value > 0:  # the usual case; `type` also rules out bool
+            continue
         if value is None:
             return f"{field}.{key} is missing"
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -129,17 +131,18 @@ def _created_at(value: Any, now: datetime | None) -> datetime | Rejection:
         now = datetime.now(UTC)
     elif now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Compare as integers first: an absurd value must not overflow datetime.
+        if value < _MIN_CREATED_AT_MS:
+            return _bad_created_at(value, "is before 2000-01-01")
+        if value > _latest_ms(now):
+            return _bad_created_at(value, f"is more than one day after now ({_iso(now)})")
+        # Positional (days, seconds, microseconds): a third faster than milliseconds=.
+        return _EPOCH + timedelta(0, value // 1000, value % 1000 * 1000)
     latest = now + _MAX_AHEAD
     if isinstance(value, datetime):
         when = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
         when = when.astimezone(UTC)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        # Compare as integers first: an absurd value must not overflow datetime.
-        if value < _MIN_CREATED_AT_MS:
-            return _bad_created_at(value, "is before 2000-01-01")
-        if value > (latest - _EPOCH) // _MS:
-            return _bad_created_at(value, f"is more than one day after now ({_iso(now)})")
-        return _EPOCH + timedelta(milliseconds=value)
     else:
         return Rejection(
             ErrorCode.INVALID_CREATED_AT, f"created_at {value!r:.40} is not a timestamp"
@@ -149,6 +152,21 @@ def _created_at(value: Any, now: datetime | None) -> datetime | Rejection:
     if when > latest:
         return _bad_created_at(when, f"is more than one day after now ({_iso(now)})")
     return when
+
+
+# The latest acceptable created_at in ms for the last `now` seen: a consumer validates a whole
+# batch against one `now`, and the datetime arithmetic cost as much as the rest of the check.
+_latest_for: tuple[datetime, int] | None = None
+
+
+def _latest_ms(now: datetime) -> int:
+    global _latest_for
+    cached = _latest_for
+    if cached is not None and cached[0] is now:
+        return cached[1]
+    latest = (now + _MAX_AHEAD - _EPOCH) // _MS
+    _latest_for = (now, latest)
+    return latest
 
 
 def _iso(when: datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from .config import Settings
 from .health import Health
@@ -63,6 +64,13 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@functools.lru_cache(maxsize=1024)
+def _request_metrics(metrics: Metrics, route: str, status: int) -> tuple[Counter, Histogram]:
+    # `labels()` takes a lock and builds the label tuple on every call; the children it
+    # returns live as long as their metric, and routes and statuses are few.
+    return metrics.http_requests.labels(route, str(status)), metrics.http_seconds.labels(route)
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count and time every request by route template and status."""
@@ -78,9 +86,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
-        m = request.app[METRICS]
-        m.http_requests.labels(route, str(status)).inc()
-        m.http_seconds.labels(route).observe(time.perf_counter() - started)
+        count, seconds = _request_metrics(request.app[METRICS], route, status)
+        count.inc()
+        seconds.observe(time.perf_counter() - started)
 
 
 def build_app(settings: Settings, health: Health, metrics_: Metrics) -> web.Application:

@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 import pytest
 
+from course_audit.api.snapshots import SnapshotTexts
 from course_audit.model import Event
 from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
 from course_audit.store.queries import (
@@ -147,11 +148,50 @@ async def test_linked_snapshots_in_one_query(conn: asyncpg.Connection[Any]) -> N
     refs = referenced(rows)
     assert refs == ([1, 2], [7], ["pv-1"])
     linked = await linked_snapshots(conn, *refs)
-    assert linked.courses[1]["name"] == "New"  # the latest snapshot
-    assert linked.courses[2]["id"] == 2
-    assert linked.users == {7: user}
-    assert linked.page_views == {"pv-1": pv}
-    assert rows[1].related_course_id == 2 and rows[1].event_data == {}
+    assert orjson.loads(linked.courses[1])["name"] == "New"  # the latest snapshot
+    assert orjson.loads(linked.courses[2])["id"] == 2
+    assert {k: orjson.loads(v) for k, v in linked.users.items()} == {7: user}
+    assert {k: orjson.loads(v) for k, v in linked.page_views.items()} == {"pv-1": pv}
+    assert rows[1].related_course_id == 2 and rows[1].event_data == "{}"
+
+
+class Counting:
+    """A connection that counts the queries sent through it."""
+
+    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+        self.conn = conn
+        self.queries = 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        self.queries += 1
+        return await self.conn.fetch(sql, *args)
+
+
+async def test_snapshot_texts_are_reused_only_while_the_row_is_unchanged(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    user = {"id": 7, "name": "Ann"}
+    await store(conn, [event(T0, course(1, name="Old"), user=user)])
+    now = [100.0]
+    texts = SnapshotTexts(ttl_s=60, clock=lambda: now[0])
+    counting = Counting(conn)
+
+    async def names() -> tuple[str, str]:
+        linked = await texts.linked(counting, [1, 404], [7], ["pv-none"])  # type: ignore[arg-type]
+        assert list(linked.courses) == [1] and not linked.page_views  # no snapshot: left out
+        return orjson.loads(linked.courses[1])["name"], orjson.loads(linked.users[7])["name"]
+
+    assert await names() == ("Old", "Ann")
+    assert counting.queries == 2  # versions, then the texts this process lacked
+    assert await names() == ("Old", "Ann")
+    assert counting.queries == 3  # versions only
+    await store(conn, [event(T0 + timedelta(seconds=1), course(1, name="New"), user=user)])
+    assert await names() == ("New", "Ann")  # never an older snapshot than the store's
+    assert counting.queries == 5
+    now[0] += 61  # past the TTL: read in full again
+    assert await names() == ("New", "Ann")
+    assert counting.queries == 7
+    assert len(texts) == 2
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:

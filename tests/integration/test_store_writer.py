@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from course_audit.store import (
 )
 from course_audit.store.naive import naive_write_batch_per_row
 from course_audit.store.partitions import PartitionCache, drop_expired, list_partitions
+from course_audit.store.writer import collect_snapshots
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 
@@ -177,6 +179,66 @@ async def test_newer_snapshot_wins_whatever_the_arrival_order(
     )
     assert '"Newest"' in await conn.fetchval("SELECT data::text FROM courses WHERE id = 42")
     assert await count(conn, "courses") == 1
+
+
+async def test_batch_keeps_the_snapshot_collect_snapshots_picks(
+    conn: asyncpg.Connection[Any], cache: PartitionCache
+) -> None:
+    # The batch statement chooses snapshots in SQL; `collect_snapshots` is the reference:
+    # newest created_at, then the later event of the batch, then a related course over the
+    # event's own course.
+    later = T0 + timedelta(hours=1)
+    events = [
+        make_event(
+            T0,
+            course_record=course(1, name="first"),
+            user={"id": 5, "name": "first"},
+            page_view={"id": "pv", "url": "/first"},
+        ),
+        make_event(
+            T0,
+            course_record=course(1, name="second", sis_course_id="S-1"),
+            user={"id": 5, "name": "second"},
+            page_view={"id": "pv", "url": "/second"},
+        ),
+        make_event(
+            T0 - timedelta(hours=1),
+            course_record=course(1, name="older"),
+            user={"id": 5, "name": "older"},
+            page_view={"id": "pv", "url": "/older"},
+        ),
+        make_event(
+            later,
+            event_type="copied_to",
+            event_data={},
+            course_record=course(2, name="own"),
+            related_course=course(2, name="related", account_id=9),
+        ),
+        make_event(
+            T0,
+            event_type="copied_from",
+            event_data={},
+            course_record=course(3, name="three"),
+            related_course=course(1, name="third", root_account_id=4),
+        ),
+    ]
+    await write_batch(conn, events, cache=cache)
+
+    expected = collect_snapshots(events)
+    rows = await conn.fetch("SELECT * FROM courses")
+    assert {r["id"]: (r["as_of"], json.loads(r["data"])) for r in rows} == expected.courses
+    for r in rows:
+        data = json.loads(r["data"])
+        assert (r["root_account_id"], r["account_id"], r["sis_course_id"]) == (
+            data["root_account_id"],
+            data["account_id"],
+            data.get("sis_course_id"),
+        )
+    assert expected.courses[1][1]["name"] == "third" and expected.courses[2][1]["name"] == "related"
+    users = await conn.fetch("SELECT id, as_of, data FROM users")
+    assert {r["id"]: (r["as_of"], json.loads(r["data"])) for r in users} == expected.users
+    views = await conn.fetch("SELECT id, as_of, data FROM page_views")
+    assert {r["id"]: (r["as_of"], json.loads(r["data"])) for r in views} == expected.page_views
 
 
 async def test_related_course_snapshot_counts(

@@ -13,6 +13,7 @@ from multidict import MultiDict
 
 from course_audit.api.errors import ApiError
 from course_audit.api.params import (
+    MAX_PER_PAGE,
     decode_bookmark,
     encode_bookmark,
     parse_page,
@@ -20,7 +21,7 @@ from course_audit.api.params import (
     parse_query,
     parse_time,
 )
-from course_audit.store.queries import Cursor, Window
+from course_audit.store.queries import MAX_PAGE_ROWS, Cursor, Window, page_args
 
 DENVER = ZoneInfo("America/Denver")
 
@@ -193,3 +194,10 @@ def test_defaults_and_kept_texts() -> None:
 def test_a_repeated_parameter_takes_its_last_value() -> None:
     query = parse_query(MultiDict([("per_page", "2"), ("per_page", "3")]), UTC)
     assert query.per_page == 3
+
+
+def test_the_largest_page_and_its_lookahead_row_fit_one_page_query() -> None:
+    # The page query caps its scan at MAX_PAGE_ROWS; the API asks for per_page + 1 rows.
+    assert page_args(1, Window(), None, MAX_PER_PAGE + 1)[-1] == MAX_PER_PAGE + 1
+    with pytest.raises(ValueError):
+        page_args(1, Window(), None, MAX_PAGE_ROWS + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,6 +11,7 @@ import orjson
 import pytest
 
 from course_audit.api.render import (
+    SnapshotCache,
     canvas_object,
     render_document,
     render_event,
@@ -21,6 +23,11 @@ from course_audit.model import EVENT_RECORDS
 from course_audit.store.queries import EventRow, Linked, referenced
 
 T = datetime(2026, 3, 1, 21, 0, 0, 999000, tzinfo=UTC)
+
+
+def text(value: dict[str, Any]) -> str:
+    """A snapshot as stored JSON text (jsonb's output has spaces after ':' and ',')."""
+    return json.dumps(value)
 
 
 def row(event_type: str = "updated", **fields: Any) -> EventRow:
@@ -35,7 +42,7 @@ def row(event_type: str = "updated", **fields: Any) -> EventRow:
         "page_view_id": "pv-1",
         "sis_batch_id": None,
         "related_course_id": None,
-        "event_data": {},
+        "event_data": "{}",
     }
     values.update(fields)
     return EventRow(**values)
@@ -52,7 +59,7 @@ def test_created_at_in_another_zone_has_its_offset() -> None:
 
 
 def test_event_keys_and_links_in_order() -> None:
-    event = render_event(row(event_data={"name": ["A", "B"]}, sis_batch_id=77), UTC, utc=True)
+    event = render_event(row(event_data='{"name": ["A", "B"]}', sis_batch_id=77), UTC, utc=True)
     assert list(event) == ["id", "created_at", "event_type", "event_source", "event_data", "links"]
     assert event["links"] == {"course": 12345, "page_view": "pv-1", "user": 7, "sis_batch": 77}
     assert list(event["links"]) == ["course", "page_view", "user", "sis_batch"]
@@ -76,8 +83,8 @@ def test_other_types_have_only_the_four_links(event_type: str) -> None:
 
 
 def test_empty_document_is_complete() -> None:
-    doc = render_document([], Linked(), ([], [], []), "https://a.example", UTC, utc=True)
-    assert orjson.dumps(doc) == (
+    body = render_document([], Linked(), ([], [], []), "https://a.example", UTC, utc=True)
+    assert body == (
         b'{"links":{"events.course":"https://a.example/api/v1/courses/{events.course}",'
         b'"events.user":null,"events.sis_batch":null},"events":[],'
         b'"linked":{"page_views":[],"courses":[],"users":[]}}'
@@ -94,11 +101,11 @@ def test_linked_each_once_in_order_of_reference_with_canvas_field_order() -> Non
     assert refs == ([12345, 2], [8], ["pv-2", "pv-1"])
     course = {"root_account_id": 1, "name": "Bio", "id": 12345, "account_id": 3, "zz_new": 1}
     linked = Linked(
-        courses={2: {"id": 2, "account_id": 3, "root_account_id": 1}, 12345: course},
-        users={8: {"sortable_name": "Doe, Jo", "id": 8, "name": "Jo Doe"}},
-        page_views={"pv-1": {"url": "/x", "id": "pv-1"}},  # pv-2 has no snapshot: left out
+        courses={2: text({"id": 2, "account_id": 3, "root_account_id": 1}), 12345: text(course)},
+        users={8: text({"sortable_name": "Doe, Jo", "id": 8, "name": "Jo Doe"})},
+        page_views={"pv-1": text({"url": "/x", "id": "pv-1"})},  # pv-2 has no snapshot: left out
     )
-    doc = render_document(events, linked, refs, "http://h", UTC, utc=True)
+    doc = orjson.loads(render_document(events, linked, refs, "http://h", UTC, utc=True))
     assert list(doc) == ["links", "events", "linked"]
     assert list(doc["linked"]) == ["page_views", "courses", "users"]
     assert [c["id"] for c in doc["linked"]["courses"]] == [12345, 2]
@@ -149,8 +156,11 @@ def test_string_ids() -> None:
 
 def test_string_ids_touch_only_linked() -> None:
     events = [row("copied_to", related_course_id=2)]
-    linked = Linked(courses={12345: {"id": 12345, "account_id": 3}}, users={7: {"id": 7}})
-    doc = render_document(events, linked, referenced(events), "h", UTC, utc=True, string_ids=True)
+    linked = Linked(
+        courses={12345: text({"id": 12345, "account_id": 3})}, users={7: text({"id": 7})}
+    )
+    body = render_document(events, linked, referenced(events), "h", UTC, utc=True, string_ids=True)
+    doc = orjson.loads(body)
     assert doc["events"][0]["links"]["course"] == 12345
     assert doc["events"][0]["links"]["copied_to"] == 2
     assert doc["linked"]["courses"] == [{"id": "12345", "account_id": "3"}]
@@ -168,3 +178,66 @@ def test_string_ids_touch_only_linked() -> None:
 )
 def test_wants_string_ids(accept: str | None, expected: bool) -> None:
     assert wants_string_ids(accept) is expected
+
+
+def test_document_created_at_in_utc_is_whole_seconds_with_z() -> None:
+    events = [row(created_at=T), row(created_at=datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC))]
+    body = render_document(events, Linked(), referenced(events), "h", UTC, utc=True)
+    assert [e["created_at"] for e in orjson.loads(body)["events"]] == [
+        "2026-03-01T21:00:00Z",
+        "0001-01-01T00:00:00Z",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "when", "expected"),
+    [
+        ("America/Denver", T, "2026-03-01T14:00:00-07:00"),
+        ("Europe/London", T, "2026-03-01T21:00:00+00:00"),
+        # Local mean time before 1883: an offset with seconds, written as isoformat does.
+        ("America/Denver", datetime(1850, 1, 1, tzinfo=UTC), "1849-12-31T17:00:04-06:59:56"),
+    ],
+)
+def test_document_created_at_in_another_zone_keeps_its_offset(
+    zone: str, when: datetime, expected: str
+) -> None:
+    events = [row(created_at=when)]
+    body = render_document(events, Linked(), referenced(events), "h", ZoneInfo(zone), utc=False)
+    assert orjson.loads(body)["events"][0]["created_at"] == expected
+
+
+def test_document_is_compact_and_event_data_is_the_stored_json() -> None:
+    data = '{"name": ["A: 1", "B, 2"], "is_public": [false, true], "n": [1.5, null]}'
+    events = [row(event_data=data)]
+    linked = Linked(users={7: text({"name": "Jo", "id": 7})})
+    body = render_document(events, linked, referenced(events), "h", UTC, utc=True)
+    assert b'"event_data":{"name":["A: 1","B, 2"],"is_public":[false,true],"n":[1.5,null]}' in body
+    assert b'"users":[{"id":7,"name":"Jo"}]' in body
+
+
+def test_snapshot_cache_renders_again_when_the_snapshot_changes() -> None:
+    cache = SnapshotCache()
+    events = [row(user_id=7)]
+    refs = referenced(events)
+
+    def users(snapshot: dict[str, Any], string_ids: bool = False) -> Any:
+        linked = Linked(users={7: text(snapshot)})
+        body = render_document(events, linked, refs, "h", UTC, True, string_ids, cache)
+        return orjson.loads(body)["linked"]["users"]
+
+    assert users({"name": "Jo", "id": 7}) == [{"id": 7, "name": "Jo"}]
+    assert users({"name": "Jo", "id": 7}) == [{"id": 7, "name": "Jo"}]
+    assert len(cache) == 1
+    assert users({"name": "Joan", "id": 7}) == [{"id": 7, "name": "Joan"}]  # never stale
+    assert users({"name": "Joan", "id": 7}, string_ids=True) == [{"id": "7", "name": "Joan"}]
+    assert users({"name": "Joan", "id": 7}) == [{"id": 7, "name": "Joan"}]
+    assert len(cache) == 2  # one entry per id style
+
+
+def test_snapshot_cache_keeps_kinds_apart_and_is_bounded() -> None:
+    cache = SnapshotCache(size=2)
+    course = cache.get("c", 1, text({"id": 1, "name": "C"}), ("id", "name"), False)
+    user = cache.get("u", 1, text({"id": 1, "name": "U"}), ("id", "name"), False)
+    assert orjson.dumps([course, user]) == b'[{"id":1,"name":"C"},{"id":1,"name":"U"}]'
+    cache.get("p", "pv", text({"id": "pv"}), ("id",), False)
+    assert len(cache) == 2

@@ -132,6 +132,8 @@ def test_event_id_is_case_insensitive_and_may_already_be_a_uuid() -> None:
         ({"root_account_id": -1}, "course.root_account_id"),
         ({"root_account_id": None}, "course.root_account_id is missing"),
         ({"id": True}, "course.id"),
+        ({"id": 1.5}, "course.id"),
+        ({"account_id": "7"}, "course.account_id"),
     ],
 )
 def test_invalid_course(overrides: dict[str, Any], field: str) -> None:
@@ -164,6 +166,23 @@ def test_created_at_bounds() -> None:
     rejected(at(limit + 1), ErrorCode.INVALID_CREATED_AT, "one day")
     rejected(at(2**62), ErrorCode.INVALID_CREATED_AT, str(2**62))  # no overflow
     rejected(at(-(2**62)), ErrorCode.INVALID_CREATED_AT)
+
+
+def test_created_at_keeps_its_milliseconds_and_each_now_gets_its_own_bound() -> None:
+    assert ok(to_event(decoded("restored"), now=NOW)).created_at == datetime(
+        2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC
+    )
+    # The upper bound is computed once per `now` (a batch shares one): another `now`, earlier
+    # or later, must not be judged by the bound of the last.
+    limit = int((NOW + timedelta(days=1)).timestamp() * 1000)
+    ok(to_event(decoded("restored", created_at=limit), now=NOW))
+    earlier = NOW - timedelta(hours=1)
+    rejected(
+        to_event(decoded("restored", created_at=limit), now=earlier),
+        ErrorCode.INVALID_CREATED_AT,
+        "one day",
+    )
+    ok(to_event(decoded("restored", created_at=limit), now=NOW))
 
 
 def test_created_at_may_already_be_a_datetime() -> None:

@@ -6,12 +6,11 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TypeVar
 
 import asyncpg
-import orjson
 from aiohttp import web
 
 from course_audit.api.auth import TokenCache, authenticate, require_token
@@ -19,16 +18,16 @@ from course_audit.api.errors import ApiError, not_found, unavailable
 from course_audit.api.links import base_url, link_header
 from course_audit.api.openapi import openapi_document
 from course_audit.api.params import Query, encode_bookmark, parse_query
-from course_audit.api.render import render_document, wants_string_ids
+from course_audit.api.render import SnapshotCache, render_document, wants_string_ids
+from course_audit.api.snapshots import SnapshotTexts
+from course_audit.api.tenancy import RootCache, account_within, course_within
 from course_audit.store.db import Conn
 from course_audit.store.errors import is_transient
 from course_audit.store.queries import (
     EventRow,
     Linked,
-    account_known,
     account_page,
     course_page,
-    linked_snapshots,
     referenced,
     resolve_course,
 )
@@ -49,11 +48,14 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class ApiState:
-    """What the API handlers share: the token cache and the rendering zone."""
+    """What the API handlers share: the caches and the rendering zone."""
 
     tokens: TokenCache
     zone: tzinfo
     utc: bool
+    roots: RootCache = field(default_factory=RootCache)
+    texts: SnapshotTexts = field(default_factory=SnapshotTexts)
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
 
 
 API_STATE = web.AppKey("api_state", ApiState)
@@ -114,6 +116,7 @@ async def _page(
     fetch: Callable[..., Awaitable[list[EventRow]]],
     key: int,
     query: Query,
+    texts: SnapshotTexts,
 ) -> Page:
     rows = (
         []
@@ -123,14 +126,14 @@ async def _page(
     has_more = len(rows) > query.per_page
     events = rows[: query.per_page]
     refs = referenced(events)
-    linked = await linked_snapshots(conn, *refs)
+    linked = await texts.linked(conn, *refs)
     return Page(events, has_more, linked, refs)
 
 
 def _respond(request: web.Request, base: str, path: str, query: Query, page: Page) -> web.Response:
     state = request.app[API_STATE]
     next_page = encode_bookmark(page.events[-1].cursor) if page.has_more else None
-    document = render_document(
+    body = render_document(
         page.events,
         page.linked,
         page.refs,
@@ -138,12 +141,13 @@ def _respond(request: web.Request, base: str, path: str, query: Query, page: Pag
         state.zone,
         state.utc,
         string_ids=wants_string_ids(request.headers.get("Accept")),
+        cache=state.snapshots,
     )
     link = link_header(
         f"{base}{path}", query.start_time, query.end_time, query.page, next_page, query.per_page
     )
     return web.Response(
-        body=orjson.dumps(document),
+        body=body,
         content_type="application/json",
         charset="utf-8",
         headers={"Link": link, "Cache-Control": "no-store"},
@@ -159,13 +163,21 @@ async def course_events(request: web.Request) -> web.Response:
     sis_id = raw[len(SIS_COURSE_PREFIX) :] if raw.startswith(SIS_COURSE_PREFIX) else None
     numeric = None if sis_id is not None else _numeric(raw)
 
+    state = request.app[API_STATE]
+
     async def work(conn: Conn) -> tuple[int, Query, Page]:
-        info = await authenticate(conn, token, request.app[API_STATE].tokens)
-        query = parse_query(request.query, request.app[API_STATE].zone)
-        course_id = await resolve_course(conn, numeric, sis_id or None, info.root_account_ids)
+        info = await authenticate(conn, token, state.tokens)
+        query = parse_query(request.query, state.zone)
+        roots = info.root_account_ids
+        course_id: int | None
+        if numeric is not None:
+            known = await course_within(conn, state.roots, numeric, roots)
+            course_id = numeric if known else None
+        else:
+            course_id = await resolve_course(conn, None, sis_id or None, roots)
         if course_id is None:
             raise not_found()
-        return course_id, query, await _page(conn, course_page, course_id, query)
+        return course_id, query, await _page(conn, course_page, course_id, query, state.texts)
 
     course_id, query, page = await with_database(request, work)
     return _respond(request, base, f"/api/v1/audit/course/courses/{course_id}", query, page)
@@ -178,12 +190,16 @@ async def account_events(request: web.Request) -> web.Response:
     base = base_url(request, settings)
     account_id = _numeric(request.match_info["account_id"])
 
+    state = request.app[API_STATE]
+
     async def work(conn: Conn) -> tuple[Query, Page]:
-        info = await authenticate(conn, token, request.app[API_STATE].tokens)
-        query = parse_query(request.query, request.app[API_STATE].zone)
-        if account_id is None or not await account_known(conn, account_id, info.root_account_ids):
+        info = await authenticate(conn, token, state.tokens)
+        query = parse_query(request.query, state.zone)
+        if account_id is None or not await account_within(
+            conn, state.roots, account_id, info.root_account_ids
+        ):
             raise not_found()
-        return query, await _page(conn, account_page, account_id, query)
+        return query, await _page(conn, account_page, account_id, query, state.texts)
 
     query, page = await with_database(request, work)
     return _respond(request, base, f"/api/v1/audit/course/accounts/{account_id}", query, page)

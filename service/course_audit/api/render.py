@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
+
+import orjson
 
 from course_audit.model import RELATED_COURSE_TYPES
 from course_audit.store.queries import EventRow, Linked
@@ -33,6 +36,12 @@ UTC_NAMES = frozenset(
 STRING_IDS_MEDIA_TYPE = "application/json+canvas-string-ids"
 _ID_KEY = re.compile(r"(^|_)id$")
 _IDS_KEY = re.compile(r"(^|_)ids$")
+#: Rendered linked objects kept per process: about the snapshots a few hundred busy pages
+#: refer to, at well under 1 KB each.
+SNAPSHOT_CACHE_SIZE = 20_000
+#: Whole seconds, `Z` for UTC: what `render_time` gives for a UTC datetime in the UTC zone,
+#: done by orjson's own datetime serialiser without a Python call per event.
+_UTC_OPTIONS = orjson.OPT_OMIT_MICROSECONDS | orjson.OPT_UTC_Z
 
 
 def render_time(when: datetime, zone: tzinfo, utc: bool) -> str:
@@ -49,29 +58,101 @@ def canvas_object(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]
     return out
 
 
+def render_events(events: Iterable[EventRow], zone: tzinfo, utc: bool) -> list[dict[str, Any]]:
+    """The events of a page; a copy/reset event's related course comes first in `links`.
+
+    In the UTC zone `created_at` stays a datetime (asyncpg gives timestamptz in UTC) for
+    `render_document` to write with orjson; other zones get `render_time`'s text, since orjson
+    cannot write every historical offset (LMT offsets have seconds) the way `isoformat` does.
+    One loop that unpacks each row at once: this runs for up to 100 events per request.
+    """
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for (event_id, created_at, _, event_type, event_source, course_id, user_id, page_view_id,
+         sis_batch_id, related_course_id, event_data) in events:  # fmt: skip
+        links: dict[str, Any]
+        if event_type in RELATED_COURSE_TYPES:
+            links = {
+                event_type: related_course_id,
+                "course": course_id,
+                "page_view": page_view_id,
+                "user": user_id,
+                "sis_batch": sis_batch_id,
+            }
+        else:
+            links = {
+                "course": course_id,
+                "page_view": page_view_id,
+                "user": user_id,
+                "sis_batch": sis_batch_id,
+            }
+        append(
+            {
+                "id": event_id,
+                "created_at": created_at if utc else render_time(created_at, zone, utc),
+                "event_type": event_type,
+                "event_source": event_source,
+                "event_data": orjson.loads(event_data),
+                "links": links,
+            }
+        )
+    return out
+
+
 def render_event(event: EventRow, zone: tzinfo, utc: bool) -> dict[str, Any]:
-    """One event; a copy/reset event's related course comes first in `links`."""
-    links: dict[str, Any] = {}
-    if event.event_type in RELATED_COURSE_TYPES:
-        links[event.event_type] = event.related_course_id
-    links["course"] = event.course_id
-    links["page_view"] = event.page_view_id
-    links["user"] = event.user_id
-    links["sis_batch"] = event.sis_batch_id
-    return {
-        "id": event.event_id,
-        "created_at": render_time(event.created_at, zone, utc),
-        "event_type": event.event_type,
-        "event_source": event.event_source,
-        "event_data": event.event_data,
-        "links": links,
-    }
+    """One event (see `render_events`)."""
+    return render_events((event,), zone, utc)[0]
+
+
+def render_snapshot(text: str, fields: Sequence[str], string_ids: bool) -> bytes:
+    """One linked object as compact JSON: the stored snapshot in Canvas's field order."""
+    value: Any = canvas_object(orjson.loads(text), fields)
+    if string_ids:
+        value = stringify_ids(value)
+    return orjson.dumps(value)
+
+
+class SnapshotCache:
+    """Rendered linked objects by kind, id and id style, valid while the stored text is the same.
+
+    The same courses and users appear on page after page; parsing and reordering each one
+    again was a large share of a request. The stored text is compared on every use, so a
+    newer snapshot is rendered afresh (no staleness); the oldest entry goes when full.
+    """
+
+    def __init__(self, size: int = SNAPSHOT_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, Any, bool], tuple[str, orjson.Fragment]] = (
+            OrderedDict()
+        )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(
+        self, kind: str, key: Any, text: str, fields: Sequence[str], string_ids: bool
+    ) -> orjson.Fragment:
+        """The rendered object for snapshot `text` of (`kind`, `key`)."""
+        slot = (kind, key, string_ids)
+        entry = self._entries.get(slot)
+        if entry is not None and entry[0] == text:
+            return entry[1]
+        fragment = orjson.Fragment(render_snapshot(text, fields, string_ids))
+        self._entries[slot] = (text, fragment)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return fragment
 
 
 def _pick(
-    snapshots: dict[Any, dict[str, Any]], ids: Iterable[Any], fields: Sequence[str]
-) -> list[dict[str, Any]]:
-    return [canvas_object(snapshots[i], fields) for i in ids if i in snapshots]
+    cache: SnapshotCache,
+    kind: str,
+    snapshots: dict[Any, str],
+    ids: Iterable[Any],
+    fields: Sequence[str],
+    string_ids: bool,
+) -> list[orjson.Fragment]:
+    return [cache.get(kind, i, snapshots[i], fields, string_ids) for i in ids if i in snapshots]
 
 
 def render_document(
@@ -82,25 +163,27 @@ def render_document(
     zone: tzinfo,
     utc: bool,
     string_ids: bool = False,
-) -> dict[str, Any]:
+    cache: SnapshotCache | None = None,
+) -> bytes:
     """The whole response body; `refs` are the ids the events refer to, in order."""
     course_ids, user_ids, page_view_ids = refs
-    linked_part: dict[str, Any] = {
-        "page_views": _pick(linked.page_views, page_view_ids, PAGE_VIEW_FIELDS),
-        "courses": _pick(linked.courses, course_ids, COURSE_FIELDS),
-        "users": _pick(linked.users, user_ids, USER_FIELDS),
-    }
-    if string_ids:
-        linked_part = stringify_ids(linked_part)
-    return {
+    snapshots = SnapshotCache() if cache is None else cache
+    document = {
         "links": {
             "events.course": f"{base}/api/v1/courses/{{events.course}}",
             "events.user": None,
             "events.sis_batch": None,
         },
-        "events": [render_event(e, zone, utc) for e in events],
-        "linked": linked_part,
+        "events": render_events(events, zone, utc),
+        "linked": {
+            "page_views": _pick(
+                snapshots, "p", linked.page_views, page_view_ids, PAGE_VIEW_FIELDS, string_ids
+            ),
+            "courses": _pick(snapshots, "c", linked.courses, course_ids, COURSE_FIELDS, string_ids),
+            "users": _pick(snapshots, "u", linked.users, user_ids, USER_FIELDS, string_ids),
+        },
     }
+    return orjson.dumps(document, option=_UTC_OPTIONS if utc else 0)
 
 
 def _is_int(value: Any) -> bool:

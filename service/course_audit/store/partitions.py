@@ -26,7 +26,8 @@ _CREATE_ATTEMPTS = 3
 
 def month_of(ts: datetime) -> date:
     """First day of the UTC month containing `ts` (naive datetimes are taken as UTC)."""
-    if ts.tzinfo is not None:
+    # Validated events are already in UTC; skipping astimezone matters once per event.
+    if ts.tzinfo is not None and ts.tzinfo is not UTC:
         ts = ts.astimezone(UTC)
     return date(ts.year, ts.month, 1)
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-import orjson
+import asyncpg
 
 from course_audit.store.db import Conn
 
 #: Largest value of a PostgreSQL bigint; larger ids cannot exist in the store.
 MAX_ID = 2**63 - 1
+#: Most rows one page query reads: the API's largest page (100) and the row that tells
+#: whether another page follows.
+MAX_PAGE_ROWS = 101
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +39,13 @@ class Window:
     until: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    """One stored event as the API needs it (`event_data` already shaped for the API)."""
+class EventRow(NamedTuple):
+    """One stored event as the API needs it: the page query's columns, in its order.
+
+    A named tuple built straight from the asyncpg record (`EventRow._make(record)`): a page
+    holds up to 101 of these per request, and a frozen dataclass cost several times more.
+    `event_data` is the stored jsonb as JSON text, already shaped for the API.
+    """
 
     event_id: str
     created_at: datetime
@@ -50,7 +57,7 @@ class EventRow:
     page_view_id: str | None
     sis_batch_id: int | None
     related_course_id: int | None
-    event_data: dict[str, Any]
+    event_data: str
 
     @property
     def cursor(self) -> Cursor:
@@ -59,11 +66,26 @@ class EventRow:
 
 @dataclass(slots=True)
 class Linked:
-    """Latest snapshots by id (jsonb `data` as dicts)."""
+    """Latest snapshots by id, each the stored jsonb `data` as JSON text.
 
-    courses: dict[int, dict[str, Any]] = field(default_factory=dict)
-    users: dict[int, dict[str, Any]] = field(default_factory=dict)
-    page_views: dict[str, dict[str, Any]] = field(default_factory=dict)
+    Left as text: the API renders (and caches) the Canvas-shaped object per snapshot version,
+    so an unchanged snapshot is never parsed again.
+    """
+
+    courses: dict[int, str] = field(default_factory=dict)
+    users: dict[int, str] = field(default_factory=dict)
+    page_views: dict[str, str] = field(default_factory=dict)
+
+    def add(self, row: SnapshotRow) -> None:
+        """Keep the data of a snapshot row (one of `snapshot_rows`)."""
+        if row.data is None:
+            raise ValueError("a snapshot row without data")
+        if row.kind == "c" and row.num_id is not None:
+            self.courses[row.num_id] = row.data
+        elif row.kind == "u" and row.num_id is not None:
+            self.users[row.num_id] = row.data
+        elif row.kind == "p" and row.text_id is not None:
+            self.page_views[row.text_id] = row.data
 
 
 # The snapshot answers for almost every course; the events only for one whose snapshot is
@@ -100,14 +122,42 @@ _EVENT_COLUMNS = (
     " user_id, page_view_id, sis_batch_id, related_course_id, event_data::text AS event_data"
 )
 
-# One round trip for all three snapshot kinds of a page.
+# One round trip for all three snapshot kinds of a page. Numeric and text ids get columns of
+# their own so that neither needs converting on the way out. `xmin` (the transaction that
+# wrote the row version) identifies a snapshot's version: every change to a row gives it a
+# new one, so a reader holding the data of (id, xmin) holds that snapshot's current data.
 _LINKED = """
-SELECT 'c' AS kind, id::text AS id, data::text AS data FROM courses WHERE id = ANY($1::bigint[])
+SELECT 'c' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version, data::text AS data
+  FROM courses WHERE id = ANY($1::bigint[])
 UNION ALL
-SELECT 'u', id::text, data::text FROM users WHERE id = ANY($2::bigint[])
+SELECT 'u', id, NULL, xmin, data::text FROM users WHERE id = ANY($2::bigint[])
 UNION ALL
-SELECT 'p', id, data::text FROM page_views WHERE id = ANY($3::text[])
+SELECT 'p', NULL, id, xmin, data::text FROM page_views WHERE id = ANY($3::text[])
 """
+
+# The same rows without their data: turning jsonb into text and shipping it is most of the
+# cost of the snapshot query, and an API process already holds most snapshots it shows.
+_LINKED_VERSIONS = """
+SELECT 'c' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version
+  FROM courses WHERE id = ANY($1::bigint[])
+UNION ALL
+SELECT 'u', id, NULL, xmin FROM users WHERE id = ANY($2::bigint[])
+UNION ALL
+SELECT 'p', NULL, id, xmin FROM page_views WHERE id = ANY($3::text[])
+"""
+
+
+class SnapshotRow(NamedTuple):
+    """One stored snapshot: kind (`c`ourse, `u`ser, `p`age view), id, row version, data.
+
+    `data` is None in the rows of `snapshot_versions`.
+    """
+
+    kind: str
+    num_id: int | None
+    text_id: str | None
+    version: int
+    data: str | None = None
 
 
 def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, int]:
@@ -133,15 +183,23 @@ def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, i
         clauses.append(f"(created_at, seq) < (${n + 1}, ${n + 2})")
         n += 2
     n += 1
+    # The constant inner LIMIT is what lets PostgreSQL reuse one plan: costing `LIMIT $n`
+    # without its value, the planner assumes a tenth of the matching rows, which for an
+    # account (thousands of events) made every generic plan look dearer than a fresh one,
+    # so each request planned the query again (~0.25 ms of database CPU). Capped at the
+    # largest page, the generic plan is costed for what it reads and is kept; the outer
+    # LIMIT still stops the scan after the rows asked for.
     sql = (
-        f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
-        f" ORDER BY created_at DESC, seq DESC LIMIT ${n}"
+        f"SELECT * FROM (SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+        f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}) page LIMIT ${n}"
     )
     return sql, n
 
 
 def page_args(key: int, window: Window, cursor: Cursor | None, limit: int) -> list[Any]:
     """The arguments of `page_sql` for the same window and cursor, in order."""
+    if not 0 < limit <= MAX_PAGE_ROWS:
+        raise ValueError(f"a page query reads 1 to {MAX_PAGE_ROWS} rows, not {limit}")
     args: list[Any] = [key]
     if window.since is not None:
         args.append(window.since)
@@ -176,28 +234,18 @@ async def resolve_course(
     return course_id if root is not None and root in roots else None
 
 
+async def account_root_account(conn: Conn, account_id: int) -> int | None:
+    """Root account of a known account, or None when no known course has (or had) it."""
+    if not 0 < account_id <= MAX_ID:
+        return None
+    root = await conn.fetchval(_ACCOUNT_ROOT, account_id)
+    return None if root is None else int(root)
+
+
 async def account_known(conn: Conn, account_id: int, roots: Collection[int]) -> bool:
     """True when some known course has (or had) `account_id` as its account within `roots`."""
-    if not 0 < account_id <= MAX_ID:
-        return False
-    root = await conn.fetchval(_ACCOUNT_ROOT, account_id)
-    return root is not None and int(root) in roots
-
-
-def _event(row: Any) -> EventRow:
-    return EventRow(
-        event_id=row["event_id"],
-        created_at=row["created_at"],
-        seq=row["seq"],
-        event_type=row["event_type"],
-        event_source=row["event_source"],
-        course_id=row["course_id"],
-        user_id=row["user_id"],
-        page_view_id=row["page_view_id"],
-        sis_batch_id=row["sis_batch_id"],
-        related_course_id=row["related_course_id"],
-        event_data=orjson.loads(row["event_data"]),
-    )
+    root = await account_root_account(conn, account_id)
+    return root is not None and root in roots
 
 
 async def _page(
@@ -205,7 +253,8 @@ async def _page(
 ) -> list[EventRow]:
     sql, _ = page_sql(column, window, cursor)
     rows = await conn.fetch(sql, *page_args(key, window, cursor, limit))
-    return [_event(r) for r in rows]
+    # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
+    return list(map(EventRow._make, rows))
 
 
 async def course_page(
@@ -238,21 +287,31 @@ def referenced(events: Sequence[EventRow]) -> tuple[list[int], list[int], list[s
     return list(courses), list(users), list(page_views)
 
 
+async def snapshot_rows(
+    conn: Conn, course_ids: Sequence[int], user_ids: Sequence[int], page_view_ids: Sequence[str]
+) -> list[SnapshotRow]:
+    """Latest snapshots of the given ids with their versions, in one round trip."""
+    if not (course_ids or user_ids or page_view_ids):
+        return []
+    rows = await conn.fetch(_LINKED, list(course_ids), list(user_ids), list(page_view_ids))
+    return [SnapshotRow(*r) for r in rows]
+
+
+async def snapshot_versions(
+    conn: Conn, course_ids: Sequence[int], user_ids: Sequence[int], page_view_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The current version of each given id's snapshot, in one round trip: records of
+    (kind, num_id, text_id, version), left as asyncpg gives them (this runs on every page)."""
+    if not (course_ids or user_ids or page_view_ids):
+        return []
+    return await conn.fetch(_LINKED_VERSIONS, list(course_ids), list(user_ids), list(page_view_ids))
+
+
 async def linked_snapshots(
     conn: Conn, course_ids: Sequence[int], user_ids: Sequence[int], page_view_ids: Sequence[str]
 ) -> Linked:
     """Latest snapshots of the given ids, in one round trip (none when there are no ids)."""
     linked = Linked()
-    if not (course_ids or user_ids or page_view_ids):
-        return linked
-    rows = await conn.fetch(_LINKED, list(course_ids), list(user_ids), list(page_view_ids))
-    for row in rows:
-        data = orjson.loads(row["data"])
-        kind = row["kind"]
-        if kind == "c":
-            linked.courses[int(row["id"])] = data
-        elif kind == "u":
-            linked.users[int(row["id"])] = data
-        else:
-            linked.page_views[row["id"]] = data
+    for row in await snapshot_rows(conn, course_ids, user_ids, page_view_ids):
+        linked.add(row)
     return linked
