@@ -72,7 +72,8 @@ def tune_gc() -> None:
     6.7 s of CPU for 100,000 events. What the ingest path allocates is freed by reference
     counting (no cycles), so: freeze what start-up allocated (modules, schemas) out of every
     later collection, and collect the young generation once per 50,000 new container objects
-    rather than 700. Measured after: 0.15 s of GC for the same 100,000 events.
+    rather than 700. Measured after: one collection, 0.01-0.02 s, for the same 100,000 events
+    (the consumer's CPU per event fell from ~67 to ~46 us).
     """
     gc.collect()  # garbage left now would otherwise be frozen with the rest
     gc.freeze()
@@ -173,8 +174,10 @@ class Ingestor:
         try:
             await self._loop(consumer)
         finally:
-            await self._settle_writes()
-            await self._release_connection()
+            try:
+                await self._settle_writes()
+            finally:
+                await self._release_connection()  # or closing the pool would wait for it
             self.health.subscribed = False
             await consumer.stop()
             log.info("consumer stopped")
