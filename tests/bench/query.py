@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import orjson
 from common import Report, median, progress, table
-from ingest import Databases
+from ingest import COPY_COLUMNS, Databases
 
 from course_audit.api.params import encode_bookmark
 from course_audit.sample import MIX
@@ -32,23 +32,6 @@ from course_audit.store.tokens import create_token
 from service_process import ServiceProcess, free_port
 
 HERE = Path(__file__).resolve().parent
-COLUMNS = (
-    "event_id",
-    "created_at",
-    "event_type",
-    "event_source",
-    "course_id",
-    "account_id",
-    "root_account_id",
-    "user_id",
-    "page_view_id",
-    "sis_batch_id",
-    "related_course_id",
-    "event_data",
-    "topic",
-    "partition",
-    "offset",
-)
 COURSES = 5000
 ACCOUNTS = 50
 ROOTS = 5
@@ -125,12 +108,12 @@ async def load(db_url: str, n: int, seed: int = 7) -> dict[str, Any]:
                 )
             )
             if len(chunk) == 100_000:
-                await conn.copy_records_to_table("events", records=chunk, columns=COLUMNS)
+                await conn.copy_records_to_table("events", records=chunk, columns=COPY_COLUMNS)
                 loaded += len(chunk)
                 chunk.clear()
                 progress(f"  loaded {loaded:,}/{n:,} events")
         if chunk:
-            await conn.copy_records_to_table("events", records=chunk, columns=COLUMNS)
+            await conn.copy_records_to_table("events", records=chunk, columns=COPY_COLUMNS)
         await _snapshots(conn, now, page_views)
         progress("  ANALYZE")
         await conn.execute("ANALYZE")
