@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,6 +16,7 @@ import pytest
 from test_api_support import Api, Reply, course_path, create_database, drop_database, with_database
 
 from course_audit.store.tokens import create_token
+from pipeline import eventually
 from service_process import ServiceProcess, free_port
 
 pytestmark = pytest.mark.e2e
@@ -71,13 +71,10 @@ def through(url: str, port: int) -> str:
 
 
 async def until(api: Api, token: str, status: int, timeout: float) -> Reply:
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = await api.get(course_path(7001), token=token)
-        if reply.status == status:
-            return reply
-        assert time.monotonic() < deadline, f"still {reply.status} after {timeout}s"
-        await asyncio.sleep(0.1)
+    reply: Reply = await eventually(
+        lambda: api.get(course_path(7001), token=token), lambda r: r.status == status, timeout
+    )
+    return reply
 
 
 def assert_unavailable(reply: Reply) -> None:

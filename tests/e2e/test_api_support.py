@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from referencing.jsonschema import DRAFT202012
 
 from course_audit.encode import Encoder
 from course_audit.store.tokens import create_token
+from pipeline import eventually
 from service_process import ServiceProcess
 
 COURSE = "/api/v1/audit/course/courses/"
@@ -368,15 +368,13 @@ async def wait_stored(db_url: str, event_ids: Sequence[str], timeout: float = 90
     """Poll the store until every one of `event_ids` is there."""
     conn = await asyncpg.connect(db_url)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = await conn.fetchval(
+        await eventually(
+            lambda: conn.fetchval(
                 "SELECT count(*) FROM events WHERE event_id = ANY($1::uuid[])", list(event_ids)
-            )
-            if found == len(set(event_ids)):
-                return
-            assert time.monotonic() < deadline, f"{found} of {len(event_ids)} events stored"
-            await asyncio.sleep(0.1)
+            ),
+            lambda found: found == len(set(event_ids)),
+            timeout,
+        )
     finally:
         await conn.close()
 

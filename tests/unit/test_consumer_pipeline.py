@@ -22,9 +22,11 @@ class Recorder(Ingestor):
         self.log: list[str] = []
         self.delays: dict[int, float] = {}
         self.give_up: set[int] = set()
+        self.first_store_started = asyncio.Event()
 
     async def _store(self, batch: Batch) -> None:
         self.log.append(f"store {batch.size}")
+        self.first_store_started.set()
         await asyncio.sleep(self.delays.get(batch.size, 0))
         if batch.size in self.give_up:
             raise Abandoned()
@@ -76,7 +78,7 @@ async def test_a_cancelled_write_gives_up_the_next_one() -> None:
     ingestor.delays = {1: 10}
     for n in (1, 2):
         ingestor._start_write(batch(n))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(ingestor.first_store_started.wait(), 5)
     ingestor._writes[0].task.cancel()
     with pytest.raises(Abandoned):
         await ingestor._writes[1].task
