@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from course_audit.store.db import Conn
 from course_audit.store.queries import account_root_account, course_root_account
@@ -54,37 +54,36 @@ class RootCache:
             self._entries.popitem(last=False)
 
 
-async def course_root(conn: Conn, cache: RootCache, course_id: int) -> int | None:
-    """Root account of a known course (cached), or None when the store knows nothing of it."""
-    root = cache.get("course", course_id)
-    if root is None:
-        root = await course_root_account(conn, course_id)
-        if root is not None:
-            cache.put("course", course_id, root)
-    return root
+_LOOKUPS: dict[str, Callable[[Conn, int], Awaitable[int | None]]] = {
+    "course": course_root_account,
+    "account": account_root_account,
+}
 
 
-async def account_root(conn: Conn, cache: RootCache, account_id: int) -> int | None:
-    """Root account of a known account (cached), or None when no known course has it."""
-    root = cache.get("account", account_id)
+async def _within(
+    conn: Conn, cache: RootCache, kind: str, key: int, roots: Collection[int]
+) -> bool:
+    """True when the course/account is known and its root account is one of `roots`.
+
+    Only known ids are cached, so an id that appears later is found on its next request.
+    """
+    root = cache.get(kind, key)
     if root is None:
-        root = await account_root_account(conn, account_id)
+        root = await _LOOKUPS[kind](conn, key)
         if root is not None:
-            cache.put("account", account_id, root)
-    return root
+            cache.put(kind, key, root)
+    return root is not None and root in roots
 
 
 async def course_within(
     conn: Conn, cache: RootCache, course_id: int, roots: Collection[int]
 ) -> bool:
     """True when the course is known and belongs to one of `roots`."""
-    root = await course_root(conn, cache, course_id)
-    return root is not None and root in roots
+    return await _within(conn, cache, "course", course_id, roots)
 
 
 async def account_within(
     conn: Conn, cache: RootCache, account_id: int, roots: Collection[int]
 ) -> bool:
     """True when the account is known and belongs to one of `roots`."""
-    root = await account_root(conn, cache, account_id)
-    return root is not None and root in roots
+    return await _within(conn, cache, "account", account_id, roots)
