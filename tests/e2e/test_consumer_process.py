@@ -54,6 +54,18 @@ async def _assert_all_stored_once(db_url: str, stream: list[tuple[bytes, bytes]]
     assert await count_dead(db_url) == 0
 
 
+async def _restart_and_finish(
+    env: dict[str, str], db_url: str, stream: list[tuple[bytes, bytes]], log: Path
+) -> None:
+    """Start the consumer again and check the whole stream ends up stored exactly once."""
+    proc = ServiceProcess("consume", env, log).start()
+    try:
+        await eventually(lambda: count_events(db_url), lambda n: n >= len(stream), 180)
+    finally:
+        proc.stop()
+    await _assert_all_stored_once(db_url, stream)
+
+
 async def test_kill_9_mid_stream_then_restart_stores_everything_once(
     migrated_db_url: str,
     kafka_bootstrap: str,
@@ -73,12 +85,7 @@ async def test_kill_9_mid_stream_then_restart_stores_everything_once(
     stored_at_kill = await count_events(migrated_db_url)
     assert stored_at_kill < STREAM, "the kill should land mid-stream"
 
-    second = ServiceProcess("consume", env, tmp_path / "second.log").start()
-    try:
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n >= STREAM, 180)
-    finally:
-        second.stop()
-    await _assert_all_stored_once(migrated_db_url, stream)
+    await _restart_and_finish(env, migrated_db_url, stream, tmp_path / "second.log")
 
 
 async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
@@ -97,12 +104,7 @@ async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
     assert proc.wait(60) == 0
     assert "stopping" in proc.log_text()
 
-    again = ServiceProcess("consume", env, tmp_path / "second.log").start()
-    try:
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n >= STREAM, 180)
-    finally:
-        again.stop()
-    await _assert_all_stored_once(migrated_db_url, stream)
+    await _restart_and_finish(env, migrated_db_url, stream, tmp_path / "second.log")
 
 
 @pytest.fixture
