@@ -14,11 +14,6 @@ from .logs import configure
 Handler = Callable[[argparse.Namespace, Settings], int]
 
 
-def _not_implemented(args: argparse.Namespace, settings: Settings) -> int:
-    print(f"course-audit {args.command_path}: not implemented yet", file=sys.stderr)
-    return 2
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (configuration comes from AUDIT_* vars)."""
     parser = argparse.ArgumentParser(
@@ -29,11 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"course-audit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str, handler: Handler = _not_implemented,
+    def add(name: str, help_text: str,
             parent: argparse._SubParsersAction[argparse.ArgumentParser] = sub,
             path: str | None = None) -> argparse.ArgumentParser:  # fmt: skip
         p = parent.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler, command_path=path or name)
+        p.set_defaults(command_path=path or name)
         return p
 
     add("run", "consume from Kafka and serve the HTTP API in one process")
@@ -77,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format)
     from .commands import HANDLERS
 
-    handler: Handler = HANDLERS.get(args.command_path, args.handler)
+    handler: Handler = HANDLERS[args.command_path]
     try:
         return handler(args, settings)
     except KeyboardInterrupt:

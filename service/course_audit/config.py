@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +105,6 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
 
-    def optional_text(self, name: str) -> str | None:
-        return self._raw(name)
-
     def integer(self, name: str, default: int, lo: int, hi: int) -> int:
         raw = self._raw(name)
         if raw is None:
@@ -191,8 +187,3 @@ class _Reader:
         except (ZoneInfoNotFoundError, ValueError):
             raise ConfigError(f"{name}={raw!r} is not a known IANA time zone") from None
         return raw
-
-
-def log_level_number(settings: Settings) -> int:
-    """The logging module's number for the configured level."""
-    return int(logging.getLevelName(settings.log_level))

@@ -36,3 +36,17 @@ def test_bad_setting_is_one_clear_line() -> None:
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert lines == ["course-audit: configuration error: AUDIT_HTTP_PORT='abc' is not an integer"]
+
+
+def test_every_subcommand_has_a_handler() -> None:
+    from course_audit.cli import build_parser
+    from course_audit.commands import HANDLERS
+
+    parser = build_parser()
+    leaves = [
+        ["run"], ["consume"], ["serve"], ["migrate"], ["retention"], ["produce"],
+        ["token", "create", "--name", "n", "--root-account", "1"], ["token", "list"],
+        ["token", "revoke", "1"], ["dlq", "list"], ["dlq", "replay"],
+    ]  # fmt: skip
+    paths = {parser.parse_args(argv).command_path for argv in leaves}
+    assert paths == set(HANDLERS)
