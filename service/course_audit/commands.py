@@ -8,15 +8,15 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO
 
 import asyncpg
 import orjson
 
 from .config import Settings
-from .consumer import beyond_retention, retention_cutoff
+from .consumer import admit, retention_cutoff
 from .decode import Decoder
-from .model import Decoded, Event
+from .model import Event
 from .registry import RegistryClient
 from .schemas import SchemaCatalog
 from .store.dead_letters import (
@@ -29,7 +29,6 @@ from .store.migrate import migrate
 from .store.partitions import drop_expired, ensure_partitions
 from .store.tokens import create_token, list_tokens, revoke_token
 from .store.writer import write_batch
-from .validate import to_event
 
 
 class UsageError(Exception):
@@ -216,11 +215,8 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
                 now = datetime.now(UTC)
                 cutoff = retention_cutoff(now, settings.retention_months)
                 for row in rows:
-                    outcome: Decoded | Event | Any = await decoder.decode(row.letter.source.value)
-                    if isinstance(outcome, Decoded):
-                        outcome = to_event(outcome, now=now)
-                    if isinstance(outcome, Event) and outcome.created_at < cutoff:
-                        outcome = beyond_retention(outcome, cutoff, settings.retention_months)
+                    decoded = await decoder.decode(row.letter.source.value)
+                    outcome = admit(decoded, now, cutoff, settings.retention_months)
                     if isinstance(outcome, Event):
                         outcome.source = row.letter.source
                         async with conn.transaction():

@@ -268,17 +268,13 @@ class Ingestor:
                 decoded = decode_sync(value)
                 if decoded is None:
                     decoded = await decoder.decode(value)
-                outcome = to_event(decoded, now=now) if isinstance(decoded, Decoded) else decoded
+                outcome = admit(decoded, now, cutoff, self.settings.retention_months)
                 source = Source(
                     topic, partition, record.offset, record.key, value, tuple(record.headers or ())
                 )
                 if isinstance(outcome, Event):
-                    if outcome.created_at < cutoff:
-                        months = self.settings.retention_months
-                        dead.append(_dead(source, beyond_retention(outcome, cutoff, months)))
-                    else:
-                        outcome.source = source
-                        events.append(outcome)
+                    outcome.source = source
+                    events.append(outcome)
                 else:
                     dead.append(_dead(source, outcome))
                 until_yield -= 1
@@ -430,6 +426,18 @@ def retention_cutoff(now: datetime, retention_months: int) -> datetime:
         return datetime.min.replace(tzinfo=UTC)
     oldest = add_months(month_of(now), -retention_months)
     return datetime(oldest.year, oldest.month, 1, tzinfo=UTC)
+
+
+def admit(
+    decoded: Decoded | Rejection, now: datetime, cutoff: datetime, months: int
+) -> Event | Rejection:
+    """Validate a decoded message and apply the retention policy: what may be stored."""
+    if not isinstance(decoded, Decoded):
+        return decoded
+    outcome = to_event(decoded, now=now)
+    if isinstance(outcome, Event) and outcome.created_at < cutoff:
+        return beyond_retention(outcome, cutoff, months)
+    return outcome
 
 
 def beyond_retention(event: Event, cutoff: datetime, months: int) -> Rejection:
