@@ -12,13 +12,13 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from course_audit.config import Settings
-from course_audit.consumer import Backoff, Ingestor
-from course_audit.decode import Decoder
-from course_audit.encode import Encoder
-from course_audit.health import Health
-from course_audit.metrics import Metrics
-from course_audit.registry import RegistryClient
-from course_audit.schemas import SchemaCatalog
+from course_audit.ingest.consumer import Backoff, Ingestor
+from course_audit.ingest.decode import Decoder
+from course_audit.produce.encode import Encoder
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
+from course_audit.wire.registry import RegistryClient
+from course_audit.wire.schemas import SchemaCatalog
 
 ENCODER = Encoder()
 

@@ -29,7 +29,7 @@ token=$("$cli" token create --name "demo $(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   --root-account 1 --root-account 2 2>/dev/null)
 
 # 3. Demo events: four courses in two accounts (100 in root account 1, 101 in root account 2),
-#    the realistic mix of course_audit.sample, over the last few hours. A fresh seed per run so
+#    the realistic mix of course_audit.produce.sample, over the last few hours. A fresh seed per run so
 #    that a second `make run` adds new events instead of repeating ids.
 "$py" - "$work/events.jsonl" <<'EOF'
 import sys
@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from course_audit.sample import MIX, World, sample_event
+from course_audit.produce.sample import MIX, World, sample_event
 
 world = World.build(seed=int(time.time()), courses=4, accounts=2, roots=2, users=5)
 rng = world.rng

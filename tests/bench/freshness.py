@@ -21,9 +21,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from common import Report, percentile, progress, table
 from ingest import Databases
 
-from course_audit.encode import Encoder
 from course_audit.model import EVENT_RECORDS
-from course_audit.sample import World, sample_event
+from course_audit.produce.encode import Encoder
+from course_audit.produce.sample import World, sample_event
 from course_audit.store.tokens import create_token
 from service_process import ServiceProcess
 

@@ -22,17 +22,16 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from common import Report, median, progress, table
+from naive import event_row, naive_write_batch_per_row
 
-from course_audit.decode import Decoder
-from course_audit.encode import Encoder
+from course_audit.ingest.decode import Decoder
+from course_audit.ingest.validate import to_event
 from course_audit.model import EVENT_RECORDS, Decoded, Event
-from course_audit.sample import World, sample_stream
-from course_audit.schemas import SchemaCatalog
+from course_audit.produce.encode import Encoder
+from course_audit.produce.sample import World, sample_stream
 from course_audit.store.migrate import migrate
-from course_audit.store.naive import naive_write_batch_per_row
 from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
-from course_audit.store.writer import event_row
-from course_audit.validate import to_event
+from course_audit.wire.schemas import SchemaCatalog
 from service_process import ServiceProcess
 
 PARTITIONS = 6

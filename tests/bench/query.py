@@ -25,7 +25,7 @@ from common import Report, median, progress, table
 from ingest import COPY_COLUMNS, Databases
 
 from course_audit.api.params import encode_bookmark
-from course_audit.sample import MIX
+from course_audit.produce.sample import MIX
 from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
 from course_audit.store.queries import Cursor
 from course_audit.store.tokens import create_token

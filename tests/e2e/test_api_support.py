@@ -27,7 +27,7 @@ from multidict import CIMultiDictProxy
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from course_audit.encode import Encoder
+from course_audit.produce.encode import Encoder
 from course_audit.store.tokens import create_token
 from pipeline import eventually
 from service_process import ServiceProcess

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from course_audit.sample import World, sample_stream
+from course_audit.produce.sample import World, sample_stream
 from harness import load_local_services
 from pipeline import count_dead, count_events, encode, eventually, fetch, produce
 from service_process import ServiceProcess

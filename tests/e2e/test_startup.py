@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from course_audit.sample import World, sample_event
+from course_audit.produce.sample import World, sample_event
 from pipeline import count_events, encode, eventually, produce
 from service_process import ServiceProcess
 

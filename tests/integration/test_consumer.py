@@ -10,11 +10,11 @@ from typing import Any
 
 import fastavro
 
-from course_audit.encode import avro_binary
-from course_audit.framing import frame_single_object
 from course_audit.model import EVENT_RECORDS, RELATED_COURSE_TYPES
-from course_audit.sample import World, sample_event
-from course_audit.schemas import BUILTIN_SCHEMA_DIR, builtin_catalog, schema_fingerprint
+from course_audit.produce.encode import avro_binary
+from course_audit.produce.sample import World, sample_event
+from course_audit.wire.framing import frame_single_object
+from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, builtin_catalog, schema_fingerprint
 from pipeline import (
     ENCODER,
     count_dead,
@@ -275,7 +275,7 @@ def _newer_schema_dir(tmp: Path, extra_field: str) -> tuple[Path, dict[str, Any]
 
 def _write_with(directory: Path, datum: dict[str, Any]) -> bytes:
     """Encode as a producer holding the newer schema would (named types from the builtins)."""
-    from course_audit.schemas import SchemaCatalog
+    from course_audit.wire.schemas import SchemaCatalog
 
     work = directory.parent / f"{directory.name}-producer"
     shutil.copytree(BUILTIN_SCHEMA_DIR, work)
@@ -350,7 +350,7 @@ async def test_confluent_framing_through_a_registry(
 ) -> None:
     from aiohttp import web
 
-    from course_audit.registry import RegistryClient, RetryPolicy
+    from course_audit.wire.registry import RegistryClient, RetryPolicy
 
     ids = {name: 40 + i for i, name in enumerate(EVENT_RECORDS.values())}
     texts = {i: ENCODER.schema_json(n) for n, i in ids.items()}

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from bench.naive import naive_write_batch_per_row
 from course_audit.model import Event, Source
 from course_audit.store import (
     WriteResult,
@@ -18,9 +19,7 @@ from course_audit.store import (
     write_batch,
     write_isolating,
 )
-from course_audit.store.naive import naive_write_batch_per_row
 from course_audit.store.partitions import PartitionCache, drop_expired, list_partitions
-from course_audit.store.writer import collect_snapshots
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 
@@ -181,12 +180,11 @@ async def test_newer_snapshot_wins_whatever_the_arrival_order(
     assert await count(conn, "courses") == 1
 
 
-async def test_batch_keeps_the_snapshot_collect_snapshots_picks(
+async def test_batch_keeps_the_newest_snapshot_of_each_id(
     conn: asyncpg.Connection[Any], cache: PartitionCache
 ) -> None:
-    # The batch statement chooses snapshots in SQL; `collect_snapshots` is the reference:
-    # newest created_at, then the later event of the batch, then a related course over the
-    # event's own course.
+    # Newest created_at wins, then the later event of the batch, then a related course over
+    # the event's own course.
     later = T0 + timedelta(hours=1)
     events = [
         make_event(
@@ -224,21 +222,33 @@ async def test_batch_keeps_the_snapshot_collect_snapshots_picks(
     ]
     await write_batch(conn, events, cache=cache)
 
-    expected = collect_snapshots(events)
-    rows = await conn.fetch("SELECT * FROM courses")
-    assert {r["id"]: (r["as_of"], json.loads(r["data"])) for r in rows} == expected.courses
-    for r in rows:
-        data = json.loads(r["data"])
-        assert (r["root_account_id"], r["account_id"], r["sis_course_id"]) == (
-            data["root_account_id"],
-            data["account_id"],
-            data.get("sis_course_id"),
-        )
-    assert expected.courses[1][1]["name"] == "third" and expected.courses[2][1]["name"] == "related"
+    rows = await conn.fetch(
+        "SELECT id, root_account_id, account_id, sis_course_id, as_of, data FROM courses"
+    )
+    courses = {r["id"]: r for r in rows}
+    assert sorted(courses) == [1, 2, 3]
+    # Course 1: four candidates; at T0 the last event of the batch carries it as its related
+    # course ("third", in root account 4), which beats "first" and "second" at the same time.
+    assert json.loads(courses[1]["data"]) == course(1, name="third", root_account_id=4)
+    assert (courses[1]["as_of"], courses[1]["root_account_id"], courses[1]["sis_course_id"]) == (
+        T0,
+        4,
+        None,
+    )
+    # Course 2: the same event carries it as its own course and as the related one.
+    assert json.loads(courses[2]["data"]) == course(2, name="related", account_id=9)
+    assert (courses[2]["as_of"], courses[2]["account_id"]) == (later, 9)
+    assert json.loads(courses[3]["data"]) == course(3, name="three")
+    assert courses[3]["as_of"] == T0
+
     users = await conn.fetch("SELECT id, as_of, data FROM users")
-    assert {r["id"]: (r["as_of"], json.loads(r["data"])) for r in users} == expected.users
+    assert [(r["id"], r["as_of"], json.loads(r["data"])) for r in users] == [
+        (5, T0, {"id": 5, "name": "second"})
+    ]
     views = await conn.fetch("SELECT id, as_of, data FROM page_views")
-    assert {r["id"]: (r["as_of"], json.loads(r["data"])) for r in views} == expected.page_views
+    assert [(r["id"], r["as_of"], json.loads(r["data"])) for r in views] == [
+        ("pv", T0, {"id": "pv", "url": "/second"})
+    ]
 
 
 async def test_related_course_snapshot_counts(

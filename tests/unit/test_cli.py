@@ -10,7 +10,7 @@ from course_audit import __version__
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "course_audit.cli", *args],
+        [sys.executable, "-m", "course_audit.cli.parser", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -39,8 +39,8 @@ def test_bad_setting_is_one_clear_line() -> None:
 
 
 def test_every_subcommand_has_a_handler() -> None:
-    from course_audit.cli import build_parser
-    from course_audit.commands import HANDLERS
+    from course_audit.cli.commands import HANDLERS
+    from course_audit.cli.parser import build_parser
 
     parser = build_parser()
     leaves = [

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from course_audit.config import Settings
-from course_audit.consumer import WRITE_PIPELINE_DEPTH, Abandoned, Batch, Ingestor
-from course_audit.health import Health
-from course_audit.metrics import Metrics
+from course_audit.ingest.consumer import WRITE_PIPELINE_DEPTH, Abandoned, Batch, Ingestor
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
 
 
 class Recorder(Ingestor):

@@ -18,9 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fastavro.schema import load_schema
 
-from course_audit.decode import Decoder
-from course_audit.encode import Encoder, avro_binary, event_from_json, single_object
-from course_audit.framing import frame_confluent, frame_single_object
+from course_audit.ingest.decode import Decoder
+from course_audit.ingest.validate import to_event
 from course_audit.model import (
     EVENT_RECORDS,
     RELATED_COURSE_TYPES,
@@ -29,9 +28,10 @@ from course_audit.model import (
     Event,
     Rejection,
 )
-from course_audit.registry import RegistryClient, RegistryUnavailable, RetryPolicy
-from course_audit.schemas import BUILTIN_SCHEMA_DIR, SchemaCatalog, builtin_catalog
-from course_audit.validate import to_event
+from course_audit.produce.encode import Encoder, avro_binary, event_from_json, single_object
+from course_audit.wire.framing import frame_confluent, frame_single_object
+from course_audit.wire.registry import RegistryClient, RegistryUnavailable, RetryPolicy
+from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, SchemaCatalog, builtin_catalog
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.005, jitter=0.0)
 CREATED_AT_MS = 1714564800123  # 2024-05-01T12:00:00.123Z
@@ -352,7 +352,7 @@ async def test_registry_failures_are_retried_and_logged(
 ) -> None:
     fake, url = registry
     fake.failures = 2
-    caplog.set_level(logging.WARNING, logger="course_audit.registry")
+    caplog.set_level(logging.WARNING, logger="course_audit.wire.registry")
     async with RegistryClient(url, retry=FAST_RETRY) as client:
         result = await Decoder(builtin_catalog(), client).decode(confluent(1, "updated"))
     assert isinstance(result, Decoded)
@@ -385,7 +385,7 @@ def free_port() -> int:
 async def test_unreachable_registry_gives_up_only_under_a_finite_policy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="course_audit.registry")
+    caplog.set_level(logging.WARNING, logger="course_audit.wire.registry")
     url = f"http://user:secret@127.0.0.1:{free_port()}"
     policy = RetryPolicy(initial_delay=0.001, max_delay=0.002, max_attempts=3)
     async with RegistryClient(url, retry=policy) as client:

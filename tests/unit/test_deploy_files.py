@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from course_audit.cli import build_parser
+from course_audit.cli.parser import build_parser
 from course_audit.config import Settings
-from course_audit.health import Health
-from course_audit.metrics import Metrics
-from course_audit.web import build_app
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.web import build_app
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from course_audit.decode import Decoder
-from course_audit.encode import Encoder, EventJsonError, event_from_json, record_name_of
-from course_audit.framing import ConfluentHeader, SingleObjectHeader, parse_header
+from course_audit.ingest.decode import Decoder
+from course_audit.ingest.validate import to_event
 from course_audit.model import EVENT_RECORDS, RELATED_COURSE_TYPES, Decoded, Event
-from course_audit.schemas import builtin_catalog
-from course_audit.validate import to_event
+from course_audit.produce.encode import Encoder, EventJsonError, event_from_json, record_name_of
+from course_audit.wire.framing import ConfluentHeader, SingleObjectHeader, parse_header
+from course_audit.wire.schemas import builtin_catalog
 
 EVENT_ID = "e2b76430-27a5-4131-9ca1-48e0eb13f29b"
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from course_audit.framing import (
+from course_audit.model import ErrorCode, Rejection
+from course_audit.wire.framing import (
     ConfluentHeader,
     SingleObjectHeader,
     frame_confluent,
     frame_single_object,
     parse_header,
 )
-from course_audit.model import ErrorCode, Rejection
 
 FP = bytes(range(1, 9))
 

@@ -11,7 +11,7 @@ import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
 
 from course_audit.model import EVENT_RECORDS, RELATED_COURSE_TYPES
-from course_audit.schemas import (
+from course_audit.wire.schemas import (
     BUILTIN_SCHEMA_DIR,
     SchemaCatalog,
     SchemaError,

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from course_audit.ingest.validate import is_blank, to_event, truncate
 from course_audit.model import (
     EVENT_RECORDS,
     RELATED_COURSE_TYPES,
@@ -16,7 +17,6 @@ from course_audit.model import (
     Event,
     Rejection,
 )
-from course_audit.validate import is_blank, to_event, truncate
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 EVENT_ID = "e2b76430-27a5-4131-9ca1-48e0eb13f29b"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient, TestServer
 
 from course_audit.config import Settings
-from course_audit.health import Health
-from course_audit.metrics import Metrics
-from course_audit.web import build_app
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.web import build_app
 
 
 def count(metrics: Metrics, route: str, status: str) -> float:

@@ -16,7 +16,7 @@ from course_audit.api.handlers import (
     openapi,
 )
 from course_audit.api.render import UTC_NAMES
-from course_audit.web import SETTINGS
+from course_audit.runtime.web import SETTINGS
 
 
 def install_api(app: web.Application) -> None:

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from course_audit.web import Handler
+from course_audit.runtime.web import Handler
 
 log = logging.getLogger(__name__)
 

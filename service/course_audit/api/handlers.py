@@ -21,6 +21,7 @@ from course_audit.api.params import Query, encode_bookmark, parse_query
 from course_audit.api.render import SnapshotCache, render_document, wants_string_ids
 from course_audit.api.snapshots import SnapshotTexts
 from course_audit.api.tenancy import RootCache, account_within, course_within
+from course_audit.runtime.web import HEALTH, RUNTIME, SETTINGS, json_response
 from course_audit.store.db import Conn
 from course_audit.store.errors import is_transient
 from course_audit.store.queries import (
@@ -31,7 +32,6 @@ from course_audit.store.queries import (
     referenced,
     resolve_course,
 )
-from course_audit.web import HEALTH, RUNTIME, SETTINGS, json_response
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Ordered, versioned SQL migrations (``course_audit/migrations/NNNN_name.sql``)."""
+"""Ordered, versioned SQL migrations (``course_audit/store/migrations/NNNN_name.sql``)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Migration:
 def load_migrations() -> list[Migration]:
     """The migrations shipped with the package, in version order."""
     found: dict[int, Migration] = {}
-    for entry in resources.files("course_audit").joinpath("migrations").iterdir():
+    for entry in resources.files("course_audit.store").joinpath("migrations").iterdir():
         match = _FILE.match(entry.name)
         if not match:
             continue

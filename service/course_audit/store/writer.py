@@ -5,8 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import orjson
@@ -21,8 +20,6 @@ from course_audit.store.partitions import (
     list_partitions,
     month_of,
 )
-
-_K = TypeVar("_K", int, str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,35 +47,6 @@ class IsolatedWrite:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-# Snapshot upserts (one statement per table; the naive baseline's path): an older event never
-# overwrites a newer snapshot, and an identical redelivery does not write a new row version.
-_UPSERT_COURSES = """
-INSERT INTO courses AS t (id, root_account_id, account_id, sis_course_id, data, as_of)
-SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[],
-                     $6::timestamptz[])
-ON CONFLICT (id) DO UPDATE
-   SET root_account_id = excluded.root_account_id, account_id = excluded.account_id,
-       sis_course_id = excluded.sis_course_id, data = excluded.data, as_of = excluded.as_of
- WHERE excluded.as_of > t.as_of
-    OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
-"""
-
-_UPSERT_USERS = """
-INSERT INTO users AS t (id, data, as_of)
-SELECT * FROM unnest($1::bigint[], $2::jsonb[], $3::timestamptz[])
-ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
- WHERE excluded.as_of > t.as_of
-    OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
-"""
-
-_UPSERT_PAGE_VIEWS = """
-INSERT INTO page_views AS t (id, data, as_of)
-SELECT * FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[])
-ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
- WHERE excluded.as_of > t.as_of
-    OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
-"""
-
 # A whole batch in one statement, so in one round trip: the consumer's event loop is busy
 # decoding the next batch meanwhile, and every round trip waits for the decoder's next yield
 # (a staging table, COPY, INSERT...SELECT and three upserts took 10).
@@ -95,8 +63,9 @@ ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
 # Data-modifying CTEs all run to completion, read or not. ORDER BY ord: seq (the API's
 # tie-break) follows the order events were consumed in. DO NOTHING also absorbs duplicates
 # inside the batch. Snapshots: the newest per id (created_at, then the later event of the
-# batch, then a related course over the event's own course, as `collect_snapshots` picks),
-# upserted by the rules of the statements above.
+# batch, then a related course over the event's own course), upserted newer-wins: an older
+# event never overwrites a newer snapshot, and an identical redelivery writes no new row
+# version.
 _WRITE_BATCH = """
 WITH batch AS MATERIALIZED (
     SELECT r, ord, (r->>1)::timestamptz AS at
@@ -170,29 +139,6 @@ def json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def event_row(ord_: int, event: Event) -> tuple[Any, ...]:
-    """One row (`ord_`, then the columns); raises (a data error) if it cannot be encoded."""
-    course, source = event.course, event.source
-    return (
-        ord_,
-        event.event_id,
-        event.created_at,
-        event.event_type,
-        event.event_source,
-        event.course_id,
-        int(course["account_id"]),
-        int(course["root_account_id"]),
-        None if event.user is None else int(event.user["id"]),
-        None if event.page_view is None else str(event.page_view["id"]),
-        event.sis_batch_id,
-        event.related_course_id,
-        json_text(event.event_data),
-        None if source is None else source.topic,
-        None if source is None else source.partition,
-        None if source is None else source.offset,
-    )
-
-
 def batch_document(events: Iterable[Event]) -> str:
     """The batch statement's parameter: the events as a JSON array of rows (see _WRITE_BATCH).
 
@@ -221,67 +167,6 @@ def batch_document(events: Iterable[Event]) -> str:
         )
     # Naive datetimes as UTC, as asyncpg's timestamptz codec takes them on a UTC host.
     return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
-
-
-@dataclass(slots=True)
-class Snapshots:
-    """The newest snapshot per id carried by a batch: id -> (as_of, record)."""
-
-    courses: dict[int, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
-    users: dict[int, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
-    page_views: dict[str, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
-
-
-def _keep_newest(
-    best: dict[_K, tuple[datetime, dict[str, Any]]], key: _K, as_of: datetime, data: dict[str, Any]
-) -> None:
-    # >= so that, at equal times, the later event of the batch wins (as in the table).
-    current = best.get(key)
-    if current is None or as_of >= current[0]:
-        best[key] = (as_of, data)
-
-
-def collect_snapshots(events: Iterable[Event]) -> Snapshots:
-    """Newest snapshot per id; one row per id, as ON CONFLICT DO UPDATE requires.
-
-    `write_batch` makes the same choice in SQL; this is for `upsert_snapshots`.
-    """
-    snaps = Snapshots()
-    for e in events:
-        _keep_newest(snaps.courses, e.course_id, e.created_at, e.course)
-        if e.related_course is not None:
-            _keep_newest(snaps.courses, int(e.related_course["id"]), e.created_at, e.related_course)
-        if e.user is not None:
-            _keep_newest(snaps.users, int(e.user["id"]), e.created_at, e.user)
-        if e.page_view is not None:
-            _keep_newest(snaps.page_views, str(e.page_view["id"]), e.created_at, e.page_view)
-    return snaps
-
-
-async def upsert_snapshots(conn: Conn, snaps: Snapshots) -> None:
-    """Store the batch's snapshots, newer-wins, one statement per table."""
-    if snaps.courses:
-        ids, rows = list(snaps.courses), list(snaps.courses.values())
-        await conn.execute(
-            _UPSERT_COURSES,
-            ids,
-            [int(d["root_account_id"]) for _, d in rows],
-            [int(d["account_id"]) for _, d in rows],
-            [d.get("sis_course_id") for _, d in rows],
-            [json_text(d) for _, d in rows],
-            [t for t, _ in rows],
-        )
-    if snaps.users:
-        await _upsert_by_id(conn, _UPSERT_USERS, snaps.users)
-    if snaps.page_views:
-        await _upsert_by_id(conn, _UPSERT_PAGE_VIEWS, snaps.page_views)
-
-
-async def _upsert_by_id(
-    conn: Conn, sql: str, snaps: dict[_K, tuple[datetime, dict[str, Any]]]
-) -> None:
-    rows = list(snaps.values())
-    await conn.execute(sql, list(snaps), [json_text(d) for _, d in rows], [t for t, _ in rows])
 
 
 async def write_batch(

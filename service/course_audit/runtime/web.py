@@ -13,9 +13,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
-from .config import Settings
-from .health import Health
-from .metrics import Metrics
+from course_audit.config import Settings
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from fastavro import schemaless_writer
 from fastavro.types import Schema
 from fastavro.validation import ValidationError, validate
 
-from course_audit.framing import frame_confluent, frame_single_object
+from course_audit.ingest.validate import UUID_RE
 from course_audit.model import EVENT_RECORDS, RECORD_EVENT_TYPES
-from course_audit.schemas import SchemaCatalog, builtin_catalog, schema_fingerprint
-from course_audit.validate import UUID_RE
+from course_audit.wire.framing import frame_confluent, frame_single_object
+from course_audit.wire.schemas import SchemaCatalog, builtin_catalog, schema_fingerprint
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)

@@ -11,17 +11,17 @@ from datetime import UTC, datetime
 import asyncpg
 from aiohttp import web
 
-from .config import Settings
-from .consumer import Backoff, Ingestor
-from .decode import Decoder
-from .health import Health
-from .metrics import Metrics
-from .registry import RegistryClient
-from .schemas import SchemaCatalog
-from .store.errors import is_transient
-from .store.migrate import migrate, pending_migrations
-from .store.partitions import drop_expired, ensure_partitions
-from .web import RUNTIME, build_app
+from course_audit.config import Settings
+from course_audit.ingest.consumer import Backoff, Ingestor
+from course_audit.ingest.decode import Decoder
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.web import RUNTIME, build_app
+from course_audit.store.errors import is_transient
+from course_audit.store.migrate import migrate, pending_migrations
+from course_audit.store.partitions import drop_expired, ensure_partitions
+from course_audit.wire.registry import RegistryClient
+from course_audit.wire.schemas import SchemaCatalog
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
     metrics = Metrics()
     app = build_app(settings, health, metrics)
     if serve_api:
-        from .api import install_api
+        from course_audit.api import install_api
 
         install_api(app)
     runner = web.AppRunner(app, access_log=None)

@@ -6,16 +6,16 @@ from io import BytesIO
 
 from fastavro import schemaless_reader
 
-from course_audit.framing import (
+from course_audit.model import RECORD_EVENT_TYPES, Decoded, ErrorCode, Rejection
+from course_audit.wire.framing import (
     SINGLE_OBJECT_HEADER_LEN,
     SINGLE_OBJECT_MAGIC,
     ConfluentHeader,
     SingleObjectHeader,
     parse_header,
 )
-from course_audit.model import RECORD_EVENT_TYPES, Decoded, ErrorCode, Rejection
-from course_audit.registry import RegistryClient
-from course_audit.schemas import SchemaCatalog, SchemaError, WriterSchema
+from course_audit.wire.registry import RegistryClient
+from course_audit.wire.schemas import SchemaCatalog, SchemaError, WriterSchema
 
 _MAX_DETAIL = 300
 

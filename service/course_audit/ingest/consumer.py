@@ -23,15 +23,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from asyncpg.pool import PoolConnectionProxy
 
-from .config import Settings
-from .decode import Decoder
-from .health import Health
-from .metrics import Metrics
-from .model import DeadLetter, Decoded, ErrorCode, Event, Rejection, Source
-from .store.errors import is_data_error, is_transient
-from .store.partitions import add_months, ensure_partition_for, month_of
-from .store.writer import write_batch, write_dead_letters, write_isolating
-from .validate import to_event
+from course_audit.config import Settings
+from course_audit.ingest.decode import Decoder
+from course_audit.ingest.validate import to_event
+from course_audit.model import DeadLetter, Decoded, ErrorCode, Event, Rejection, Source
+from course_audit.runtime.health import Health
+from course_audit.runtime.metrics import Metrics
+from course_audit.store.errors import is_data_error, is_transient
+from course_audit.store.partitions import add_months, ensure_partition_for, month_of
+from course_audit.store.writer import write_batch, write_dead_letters, write_isolating
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
-from .config import ConfigError, Settings
-from .logs import configure
+from course_audit import __version__
+from course_audit.config import ConfigError, Settings
+from course_audit.runtime.logs import configure
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"course-audit: configuration error: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level, settings.log_format)
-    from .commands import HANDLERS
+    from course_audit.cli.commands import HANDLERS
 
     handler: Handler = HANDLERS[args.command_path]
     try:

@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from .config import Settings
-from .encode import Encoder, EventJsonError
+from course_audit.config import Settings
+from course_audit.produce.encode import Encoder, EventJsonError
 
 
 class SchemaRegistration:

@@ -13,22 +13,22 @@ from typing import IO
 import asyncpg
 import orjson
 
-from .config import Settings
-from .consumer import admit, retention_cutoff
-from .decode import Decoder
-from .model import Event
-from .registry import RegistryClient
-from .schemas import SchemaCatalog
-from .store.dead_letters import (
+from course_audit.config import Settings
+from course_audit.ingest.consumer import admit, retention_cutoff
+from course_audit.ingest.decode import Decoder
+from course_audit.model import Event
+from course_audit.store.dead_letters import (
     StoredDeadLetter,
     list_dead_letters,
     mark_replayed,
     update_dead_letter_error,
 )
-from .store.migrate import migrate
-from .store.partitions import drop_expired, ensure_partitions
-from .store.tokens import create_token, list_tokens, revoke_token
-from .store.writer import write_batch
+from course_audit.store.migrate import migrate
+from course_audit.store.partitions import drop_expired, ensure_partitions
+from course_audit.store.tokens import create_token, list_tokens, revoke_token
+from course_audit.store.writer import write_batch
+from course_audit.wire.registry import RegistryClient
+from course_audit.wire.schemas import SchemaCatalog
 
 
 class UsageError(Exception):
@@ -83,19 +83,19 @@ def _time(value: str | None, name: str) -> datetime | None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from .runner import run_roles
+    from course_audit.runtime.runner import run_roles
 
     return asyncio.run(run_roles(settings, consume=True, serve_api=True))
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from .runner import run_roles
+    from course_audit.runtime.runner import run_roles
 
     return asyncio.run(run_roles(settings, consume=True))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .runner import run_roles
+    from course_audit.runtime.runner import run_roles
 
     return asyncio.run(run_roles(settings, consume=False, serve_api=True))
 
@@ -247,7 +247,7 @@ def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
-    from .produce import produce_lines
+    from course_audit.produce.publish import produce_lines
 
     stream: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     try:

@@ -16,7 +16,7 @@ from fastavro.types import Schema
 from course_audit.model import EVENT_RECORDS
 
 #: The schemas shipped with the service: the current reader schema of every record.
-BUILTIN_SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+BUILTIN_SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
 
 _FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
 # Keys that only fastavro's parser adds; they must not leak into a re-parse.

@@ -1,0 +1,1 @@
+"""Ingestion: Kafka -> decode -> validate -> the store, exactly once in effect."""

@@ -1,0 +1,1 @@
+"""Producer-side tooling: encode events as framed Avro, publish them, sample streams."""

@@ -1,0 +1,1 @@
+"""Process wiring: roles, the base HTTP app (health, metrics), logging."""

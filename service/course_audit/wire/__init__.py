@@ -1,0 +1,1 @@
+"""The message format both sides share: framing, the schema catalog, the registry client."""
