@@ -12,9 +12,10 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from course_audit.config import Settings
-from course_audit.ingest.consumer import Backoff, Ingestor
+from course_audit.ingest.consumer import Ingestor
 from course_audit.ingest.decode import Decoder
 from course_audit.produce.encode import Encoder
+from course_audit.retry import Backoff
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
 from course_audit.wire.registry import RegistryClient

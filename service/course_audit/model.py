@@ -29,6 +29,14 @@ RECORD_EVENT_TYPES: dict[str, str] = {v: k for k, v in EVENT_RECORDS.items()}
 RELATED_COURSE_TYPES = frozenset({"copied_from", "copied_to", "reset_from", "reset_to"})
 
 
+class Kind(enum.StrEnum):
+    """The objects an event links to, each kept as its latest snapshot (newest wins)."""
+
+    COURSE = "course"
+    USER = "user"
+    PAGE_VIEW = "page_view"
+
+
 class ErrorCode(enum.StrEnum):
     """Stable, machine-readable dead-letter codes (SPEC §2.4)."""
 
@@ -78,12 +86,13 @@ class Source:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """A validated, normalised course audit event, ready to store.
 
     Snapshots (`course`, `user`, `page_view`, `related_course`) are the Avro records as
-    dicts (field name -> value, None for unknown).
+    dicts (field name -> value, None for unknown). `source` is where it was read from (None
+    for an event made in-process, e.g. by a test).
     """
 
     event_id: uuid.UUID

@@ -26,11 +26,12 @@ from naive import event_row, naive_write_batch_per_row
 
 from course_audit.ingest.decode import Decoder
 from course_audit.ingest.validate import to_event
-from course_audit.model import EVENT_RECORDS, Decoded, Event
+from course_audit.model import EVENT_RECORDS, Decoded, Event, Source
 from course_audit.produce.encode import Encoder
 from course_audit.produce.sample import World, sample_stream
+from course_audit.retention import month_of
 from course_audit.store.migrate import migrate
-from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
+from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.wire.schemas import SchemaCatalog
 from service_process import ServiceProcess
 
@@ -225,12 +226,10 @@ async def run_decode_only(
         nonlocal count
         decoded = decoder.decode_sync(record.value)
         assert isinstance(decoded, Decoded), decoded
-        event = to_event(decoded, now=now)
+        source = None if keep is None else Source(tp.topic, tp.partition, record.offset)
+        event = to_event(decoded, source=source, now=now)
         assert isinstance(event, Event), event
         if keep is not None:
-            from course_audit.model import Source
-
-            event.source = Source(tp.topic, tp.partition, record.offset)
             keep.append(event)
         count += 1
         if count % 250 == 0:
@@ -268,13 +267,10 @@ async def run_naive(db_url: str, bootstrap: str, topic: str, n: int) -> dict[str
     cache = PartitionCache()  # this database's months, not another run's
 
     async def handle(tp: Any, record: Any) -> None:
-        from course_audit.model import Source
-
         decoded = decoder.decode_sync(record.value)
         assert isinstance(decoded, Decoded)
-        event = to_event(decoded, now=now)
+        event = to_event(decoded, source=Source(tp.topic, tp.partition, record.offset), now=now)
         assert isinstance(event, Event)
-        event.source = Source(tp.topic, tp.partition, record.offset)
         await naive_write_batch_per_row(conn, [event], cache=cache)  # a transaction each
 
     try:

@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from course_audit.model import Event
+from course_audit.retention import month_of
 from course_audit.store.db import Conn, affected_rows
-from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
+from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.writer import WriteResult, json_text
 
 _K = TypeVar("_K", int, str)

@@ -26,7 +26,8 @@ from ingest import COPY_COLUMNS, Databases
 
 from course_audit.api.params import encode_bookmark
 from course_audit.produce.sample import MIX
-from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
+from course_audit.retention import month_of
+from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.queries import Cursor
 from course_audit.store.tokens import create_token
 from service_process import ServiceProcess, free_port

@@ -350,7 +350,8 @@ async def test_confluent_framing_through_a_registry(
 ) -> None:
     from aiohttp import web
 
-    from course_audit.wire.registry import RegistryClient, RetryPolicy
+    from course_audit.retry import Backoff
+    from course_audit.wire.registry import RegistryClient
 
     ids = {name: 40 + i for i, name in enumerate(EVENT_RECORDS.values())}
     texts = {i: ENCODER.schema_json(n) for n, i in ids.items()}
@@ -386,7 +387,7 @@ async def test_confluent_framing_through_a_registry(
         settings = settings_for(
             migrated_db_url, kafka_bootstrap, topic, group_id, schema_registry_url=url
         )
-        registry = RegistryClient(url, retry=RetryPolicy(initial_delay=0.05, max_delay=0.2))
+        registry = RegistryClient(url, retry=Backoff(first=0.05, cap=0.2))
         try:
             async with running_ingestor(settings, registry):
                 await eventually(lambda: count_events(migrated_db_url), lambda n: n == 13)
@@ -411,7 +412,8 @@ async def test_retention_old_events_are_dead_lettered_and_expired_partitions_dro
 ) -> None:
     import asyncpg
 
-    from course_audit.store.partitions import ensure_partition_for, list_partitions, month_of
+    from course_audit.retention import month_of
+    from course_audit.store.partitions import ensure_partition_for, list_partitions
 
     world = World.build(seed=13, courses=2)
     now = datetime.now(UTC)

@@ -12,18 +12,21 @@ import pytest
 
 from course_audit.api.snapshots import SnapshotTexts
 from course_audit.model import Event
-from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
+from course_audit.retention import month_of
+from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.queries import (
     Cursor,
+    Refs,
     Window,
-    account_known,
     account_page,
+    account_root_account,
     course_page,
-    linked_snapshots,
+    course_root_account,
     page_args,
     page_sql,
     referenced,
-    resolve_course,
+    resolve_sis_course,
+    snapshot_rows,
 )
 from course_audit.store.writer import write_batch
 
@@ -59,17 +62,18 @@ async def store(conn: asyncpg.Connection[Any], events: list[Event]) -> None:
     await write_batch(conn, events, cache=PartitionCache())
 
 
-async def test_resolve_course_by_id_and_sis_id_within_roots(
+async def test_course_roots_by_id_and_sis_ids_within_roots(
     conn: asyncpg.Connection[Any],
 ) -> None:
     await store(conn, [event(T0, course(1)), event(T0, course(2, account=200, root=2))])
-    assert await resolve_course(conn, 1, None, [1]) == 1
-    assert await resolve_course(conn, 1, None, [2]) is None  # another tenant's: unknown
-    assert await resolve_course(conn, 3, None, [1, 2]) is None
-    assert await resolve_course(conn, 2**63, None, [1, 2]) is None  # beyond bigint
-    assert await resolve_course(conn, None, "SIS-2", [2]) == 2
-    assert await resolve_course(conn, None, "SIS-2", [1]) is None
-    assert await resolve_course(conn, None, "nope", [1, 2]) is None
+    assert await course_root_account(conn, 1) == 1
+    assert await course_root_account(conn, 2) == 2
+    assert await course_root_account(conn, 3) is None
+    assert await course_root_account(conn, 2**63) is None  # beyond bigint
+    assert await resolve_sis_course(conn, "SIS-2", [2]) == 2
+    assert await resolve_sis_course(conn, "SIS-2", [1]) is None  # another tenant's: unknown
+    assert await resolve_sis_course(conn, "nope", [1, 2]) is None
+    assert await resolve_sis_course(conn, "SIS\x002", [1, 2]) is None  # NUL: no such text
 
 
 async def test_a_course_known_only_by_its_events_still_resolves(
@@ -77,15 +81,14 @@ async def test_a_course_known_only_by_its_events_still_resolves(
 ) -> None:
     await store(conn, [event(T0, course(5, root=3))])
     await conn.execute("DELETE FROM courses")
-    assert await resolve_course(conn, 5, None, [3]) == 5
-    assert await resolve_course(conn, 5, None, [1]) is None
+    assert await course_root_account(conn, 5) == 3
 
 
 async def test_a_course_known_only_as_a_copy_target_resolves(
     conn: asyncpg.Connection[Any],
 ) -> None:
     await store(conn, [event(T0, course(1), "copied_to", related=course(9))])
-    assert await resolve_course(conn, 9, None, [1]) == 9
+    assert await course_root_account(conn, 9) == 1
     assert await course_page(conn, 9, Window(), None, 10) == []
 
 
@@ -94,10 +97,9 @@ async def test_accounts_by_events_and_snapshots_including_a_moved_course(
 ) -> None:
     await store(conn, [event(T0, course(1, account=100))])
     await store(conn, [event(T0 + timedelta(hours=1), course(1, account=101))])
-    assert await account_known(conn, 100, [1])  # only events remember it
-    assert await account_known(conn, 101, [1])
-    assert not await account_known(conn, 100, [2])
-    assert not await account_known(conn, 102, [1])
+    assert await account_root_account(conn, 100) == 1  # only events remember it
+    assert await account_root_account(conn, 101) == 1
+    assert await account_root_account(conn, 102) is None
     old = await account_page(conn, 100, Window(), None, 10)
     new = await account_page(conn, 101, Window(), None, 10)
     assert [e.created_at for e in old] == [T0]
@@ -146,12 +148,16 @@ async def test_linked_snapshots_in_one_query(conn: asyncpg.Connection[Any]) -> N
     )
     rows = await course_page(conn, 1, Window(), None, 10)
     refs = referenced(rows)
-    assert refs == ([1, 2], [7], ["pv-1"])
-    linked = await linked_snapshots(conn, *refs)
-    assert orjson.loads(linked.courses[1])["name"] == "New"  # the latest snapshot
-    assert orjson.loads(linked.courses[2])["id"] == 2
-    assert {k: orjson.loads(v) for k, v in linked.users.items()} == {7: user}
-    assert {k: orjson.loads(v) for k, v in linked.page_views.items()} == {"pv-1": pv}
+    assert refs == Refs([1, 2], [7], ["pv-1"])
+    snapshots = {
+        (r.kind, r.num_id if r.text_id is None else r.text_id): orjson.loads(r.data or "null")
+        for r in await snapshot_rows(conn, refs)
+    }
+    assert snapshots[("course", 1)]["name"] == "New"  # the latest snapshot
+    assert snapshots[("course", 2)]["id"] == 2
+    assert snapshots[("user", 7)] == user
+    assert snapshots[("page_view", "pv-1")] == pv
+    assert len(snapshots) == 4
     assert rows[1].related_course_id == 2 and rows[1].event_data == "{}"
 
 
@@ -177,7 +183,8 @@ async def test_snapshot_texts_are_reused_only_while_the_row_is_unchanged(
     counting = Counting(conn)
 
     async def names() -> tuple[str, str]:
-        linked = await texts.linked(counting, [1, 404], [7], ["pv-none"])  # type: ignore[arg-type]
+        refs = Refs([1, 404], [7], ["pv-none"])
+        linked = await texts.linked(counting, refs)  # type: ignore[arg-type]
         assert list(linked.courses) == [1] and not linked.page_views  # no snapshot: left out
         return orjson.loads(linked.courses[1])["name"], orjson.loads(linked.users[7])["name"]
 

@@ -8,12 +8,12 @@ from typing import Any
 import asyncpg
 
 from course_audit.model import DeadLetter, ErrorCode, Source
-from course_audit.store import (
+from course_audit.store.dead_letters import (
     list_dead_letters,
     mark_replayed,
     update_dead_letter_error,
-    write_dead_letters,
 )
+from course_audit.store.writer import write_dead_letters
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ import asyncpg
 import orjson
 import pytest
 
-from course_audit.store import migrate, pending_migrations
-from course_audit.store.migrate import load_migrations
-from course_audit.store.partitions import PartitionCache, ensure_partition_for, month_of
+from course_audit.retention import month_of
+from course_audit.store.migrate import load_migrations, migrate, pending_migrations
+from course_audit.store.partitions import PartitionCache, ensure_partition_for
 
 
 @pytest.fixture

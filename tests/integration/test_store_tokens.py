@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from course_audit.store import create_token, list_tokens, lookup_token, revoke_token
+from course_audit.store.tokens import create_token, list_tokens, lookup_token, revoke_token
 
 
 async def test_create_then_lookup(conn: asyncpg.Connection[Any]) -> None:

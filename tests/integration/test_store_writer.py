@@ -12,14 +12,9 @@ import pytest
 
 from bench.naive import naive_write_batch_per_row
 from course_audit.model import Event, Source
-from course_audit.store import (
-    WriteResult,
-    is_data_error,
-    is_transient,
-    write_batch,
-    write_isolating,
-)
+from course_audit.store.errors import is_data_error, is_transient
 from course_audit.store.partitions import PartitionCache, drop_expired, list_partitions
+from course_audit.store.writer import WriteResult, write_batch, write_isolating
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,7 @@ from referencing.jsonschema import DRAFT202012
 
 from course_audit.api.openapi import openapi_document
 from course_audit.api.render import render_document
-from course_audit.store.queries import Linked
+from course_audit.store.queries import Linked, Refs
 
 
 def test_document_is_valid_openapi_3_1() -> None:
@@ -46,5 +46,5 @@ def test_empty_document_matches_its_schema() -> None:
     validator = Draft202012Validator(
         {"$ref": "urn:doc#/components/schemas/CourseAuditDocument"}, registry=registry
     )
-    body = render_document([], Linked(), ([], [], []), "http://h", UTC, utc=True)
+    body = render_document([], Linked(), Refs(), "http://h", UTC, utc=True)
     validator.validate(orjson.loads(body))

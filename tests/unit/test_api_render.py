@@ -14,13 +14,13 @@ from course_audit.api.render import (
     SnapshotCache,
     canvas_object,
     render_document,
-    render_event,
+    render_events,
     render_time,
     stringify_ids,
     wants_string_ids,
 )
-from course_audit.model import EVENT_RECORDS
-from course_audit.store.queries import EventRow, Linked, referenced
+from course_audit.model import EVENT_RECORDS, Kind
+from course_audit.store.queries import EventRow, Linked, Refs, referenced
 
 T = datetime(2026, 3, 1, 21, 0, 0, 999000, tzinfo=UTC)
 
@@ -59,7 +59,9 @@ def test_created_at_in_another_zone_has_its_offset() -> None:
 
 
 def test_event_keys_and_links_in_order() -> None:
-    event = render_event(row(event_data='{"name": ["A", "B"]}', sis_batch_id=77), UTC, utc=True)
+    event = render_events([row(event_data='{"name": ["A", "B"]}', sis_batch_id=77)], UTC, utc=True)[
+        0
+    ]
     assert list(event) == ["id", "created_at", "event_type", "event_source", "event_data", "links"]
     assert event["links"] == {"course": 12345, "page_view": "pv-1", "user": 7, "sis_batch": 77}
     assert list(event["links"]) == ["course", "page_view", "user", "sis_batch"]
@@ -68,7 +70,7 @@ def test_event_keys_and_links_in_order() -> None:
 
 @pytest.mark.parametrize("event_type", ["copied_from", "copied_to", "reset_from", "reset_to"])
 def test_copy_and_reset_links_name_the_related_course_first(event_type: str) -> None:
-    event = render_event(row(event_type, related_course_id=456), UTC, utc=True)
+    event = render_events([row(event_type, related_course_id=456)], UTC, utc=True)[0]
     assert list(event["links"]) == [event_type, "course", "page_view", "user", "sis_batch"]
     assert event["links"][event_type] == 456
     assert event["event_data"] == {}
@@ -78,12 +80,12 @@ def test_copy_and_reset_links_name_the_related_course_first(event_type: str) -> 
     "event_type", [t for t in EVENT_RECORDS if not t.startswith(("copied", "reset"))]
 )
 def test_other_types_have_only_the_four_links(event_type: str) -> None:
-    event = render_event(row(event_type, user_id=None, page_view_id=None), UTC, utc=True)
+    event = render_events([row(event_type, user_id=None, page_view_id=None)], UTC, utc=True)[0]
     assert event["links"] == {"course": 12345, "page_view": None, "user": None, "sis_batch": None}
 
 
 def test_empty_document_is_complete() -> None:
-    body = render_document([], Linked(), ([], [], []), "https://a.example", UTC, utc=True)
+    body = render_document([], Linked(), Refs(), "https://a.example", UTC, utc=True)
     assert body == (
         b'{"links":{"events.course":"https://a.example/api/v1/courses/{events.course}",'
         b'"events.user":null,"events.sis_batch":null},"events":[],'
@@ -98,7 +100,7 @@ def test_linked_each_once_in_order_of_reference_with_canvas_field_order() -> Non
         row("updated", course_id=2, user_id=None, page_view_id=None),
     ]
     refs = referenced(events)
-    assert refs == ([12345, 2], [8], ["pv-2", "pv-1"])
+    assert refs == Refs([12345, 2], [8], ["pv-2", "pv-1"])
     course = {"root_account_id": 1, "name": "Bio", "id": 12345, "account_id": 3, "zz_new": 1}
     linked = Linked(
         courses={2: text({"id": 2, "account_id": 3, "root_account_id": 1}), 12345: text(course)},
@@ -236,8 +238,8 @@ def test_snapshot_cache_renders_again_when_the_snapshot_changes() -> None:
 
 def test_snapshot_cache_keeps_kinds_apart_and_is_bounded() -> None:
     cache = SnapshotCache(size=2)
-    course = cache.get("c", 1, text({"id": 1, "name": "C"}), ("id", "name"), False)
-    user = cache.get("u", 1, text({"id": 1, "name": "U"}), ("id", "name"), False)
+    course = cache.get(Kind.COURSE, 1, text({"id": 1, "name": "C"}), False)
+    user = cache.get(Kind.USER, 1, text({"id": 1, "name": "U"}), False)
     assert orjson.dumps([course, user]) == b'[{"id":1,"name":"C"},{"id":1,"name":"U"}]'
-    cache.get("p", "pv", text({"id": "pv"}), ("id",), False)
+    cache.get(Kind.PAGE_VIEW, "pv", text({"id": "pv"}), False)
     assert len(cache) == 2

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from course_audit.api.tenancy import RootCache, account_within, course_within
+from course_audit.api.tenancy import RootCache, within
+from course_audit.cache import TtlCache
 
 
 class Store:
@@ -21,51 +22,40 @@ class Store:
 
 def clocked(ttl_s: float = 60.0, size: int = 100) -> tuple[RootCache, list[float]]:
     now = [1000.0]
-    return RootCache(ttl_s=ttl_s, size=size, clock=lambda: now[0]), now
+    return TtlCache(size, ttl_s, clock=lambda: now[0]), now
 
 
 async def test_a_known_course_is_looked_up_once_within_the_ttl() -> None:
     store, (cache, now) = Store({10: 1}), clocked(ttl_s=60)
-    assert await course_within(store, cache, 10, [1])  # type: ignore[arg-type]
-    assert await course_within(store, cache, 10, [1, 2])  # type: ignore[arg-type]
-    assert not await course_within(store, cache, 10, [2])  # type: ignore[arg-type]
+    assert await within(store, cache, "course", 10, [1])  # type: ignore[arg-type]
+    assert await within(store, cache, "course", 10, [1, 2])  # type: ignore[arg-type]
+    assert not await within(store, cache, "course", 10, [2])  # type: ignore[arg-type]
     assert store.queries == 1
     now[0] += 61
-    assert await course_within(store, cache, 10, [1])  # type: ignore[arg-type]
+    assert await within(store, cache, "course", 10, [1])  # type: ignore[arg-type]
     assert store.queries == 2
 
 
 async def test_unknown_ids_are_not_remembered() -> None:
     store, (cache, _) = Store({}), clocked()
-    assert not await course_within(store, cache, 11, [1])  # type: ignore[arg-type]
+    assert not await within(store, cache, "course", 11, [1])  # type: ignore[arg-type]
     store.roots[11] = 1  # the course's first event arrives
-    assert await course_within(store, cache, 11, [1])  # type: ignore[arg-type]
+    assert await within(store, cache, "course", 11, [1])  # type: ignore[arg-type]
     assert store.queries == 2
 
 
 async def test_out_of_range_ids_never_reach_the_store() -> None:
     store, (cache, _) = Store({}), clocked()
     for key in (0, -1, 2**63):
-        assert not await course_within(store, cache, key, [1])  # type: ignore[arg-type]
-        assert not await account_within(store, cache, key, [1])  # type: ignore[arg-type]
+        assert not await within(store, cache, "course", key, [1])  # type: ignore[arg-type]
+        assert not await within(store, cache, "account", key, [1])  # type: ignore[arg-type]
     assert store.queries == 0
 
 
 async def test_courses_and_accounts_with_the_same_id_are_kept_apart() -> None:
     store, (cache, _) = Store({100: 1}), clocked()
-    assert await account_within(store, cache, 100, [1])  # type: ignore[arg-type]
+    assert await within(store, cache, "account", 100, [1])  # type: ignore[arg-type]
     store.roots[100] = 2
-    assert await course_within(store, cache, 100, [2])  # type: ignore[arg-type]
-    assert await account_within(store, cache, 100, [1])  # type: ignore[arg-type]
+    assert await within(store, cache, "course", 100, [2])  # type: ignore[arg-type]
+    assert await within(store, cache, "account", 100, [1])  # type: ignore[arg-type]
     assert store.queries == 2
-
-
-def test_the_cache_is_bounded_and_drops_the_least_recently_stored() -> None:
-    cache, _ = clocked(size=2)
-    cache.put("course", 1, 1)
-    cache.put("course", 2, 1)
-    cache.put("course", 1, 1)  # stored again: now the newest
-    cache.put("course", 3, 1)
-    assert len(cache) == 2
-    assert cache.get("course", 2) is None
-    assert cache.get("course", 1) == 1 and cache.get("course", 3) == 1

@@ -29,11 +29,12 @@ from course_audit.model import (
     Rejection,
 )
 from course_audit.produce.encode import Encoder, avro_binary, event_from_json, single_object
+from course_audit.retry import Backoff
 from course_audit.wire.framing import frame_confluent, frame_single_object
-from course_audit.wire.registry import RegistryClient, RegistryUnavailable, RetryPolicy
+from course_audit.wire.registry import RegistryClient, RegistryUnavailable
 from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, SchemaCatalog, builtin_catalog
 
-FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.005, jitter=0.0)
+FAST_RETRY = Backoff(first=0.001, cap=0.005)
 CREATED_AT_MS = 1714564800123  # 2024-05-01T12:00:00.123Z
 
 
@@ -387,7 +388,7 @@ async def test_unreachable_registry_gives_up_only_under_a_finite_policy(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="course_audit.wire.registry")
     url = f"http://user:secret@127.0.0.1:{free_port()}"
-    policy = RetryPolicy(initial_delay=0.001, max_delay=0.002, max_attempts=3)
+    policy = Backoff(first=0.001, cap=0.002, max_attempts=3)
     async with RegistryClient(url, retry=policy) as client:
         with pytest.raises(RegistryUnavailable, match="3 attempts"):
             await Decoder(builtin_catalog(), client).decode(confluent(1, "updated"))
@@ -396,11 +397,20 @@ async def test_unreachable_registry_gives_up_only_under_a_finite_policy(
     assert all("secret" not in m for m in messages)
 
 
-def test_retry_policy_backs_off_exponentially_up_to_a_cap() -> None:
-    policy = RetryPolicy(initial_delay=0.5, max_delay=4.0, multiplier=2.0, jitter=0.0)
+def test_backoff_grows_exponentially_up_to_a_cap() -> None:
+    policy = Backoff(first=0.5, cap=4.0, multiplier=2.0)
     assert [policy.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    jittery = RetryPolicy(initial_delay=1.0, max_delay=1.0, jitter=0.5)
-    assert all(1.0 <= jittery.delay(3) <= 1.5 for _ in range(100))
+    assert policy.delay(10_000) == 4.0  # no overflow however long an outage lasts
+    jittery = Backoff(first=1.0, cap=1.0, jitter=0.5)
+    delays = [jittery.delay(3) for _ in range(200)]
+    assert all(1.0 <= d <= 1.5 for d in delays)
+    assert len(set(delays)) > 1  # jitter actually varies the delay
+
+
+def test_backoff_gives_up_only_with_a_limit() -> None:
+    assert not Backoff().gives_up_after(10**6)
+    limited = Backoff(max_attempts=3)
+    assert [limited.gives_up_after(n) for n in (1, 2, 3)] == [False, False, True]
 
 
 # --- fuzzing ------------------------------------------------------------------------------
@@ -418,7 +428,9 @@ async def test_fuzz_random_bytes_never_raise(registry: tuple[FakeRegistry, str])
     _, url = registry
     rng = random.Random(20240501)
     catalog = builtin_catalog()
-    fingerprints = list(catalog.fingerprints())
+    readers = [catalog.reader(name) for name in EVENT_RECORDS.values()]
+    fingerprints = [r.fingerprint for r in readers if r is not None]
+    assert len(fingerprints) == len(EVENT_RECORDS)
     prefixes = [b"", b"\xc3", b"\xc3\x01", b"\x00", b"\x00\x00\x00\x00\x01"]
     prefixes += [b"\xc3\x01" + fp for fp in fingerprints]
     async with RegistryClient(url, retry=FAST_RETRY) as client:

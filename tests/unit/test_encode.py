@@ -10,7 +10,13 @@ import pytest
 from course_audit.ingest.decode import Decoder
 from course_audit.ingest.validate import to_event
 from course_audit.model import EVENT_RECORDS, RELATED_COURSE_TYPES, Decoded, Event
-from course_audit.produce.encode import Encoder, EventJsonError, event_from_json, record_name_of
+from course_audit.produce.encode import (
+    Encoder,
+    EventJsonError,
+    avro_binary,
+    event_from_json,
+    record_name_of,
+)
 from course_audit.wire.framing import ConfluentHeader, SingleObjectHeader, parse_header
 from course_audit.wire.schemas import builtin_catalog
 
@@ -74,7 +80,7 @@ def test_confluent_encoding() -> None:
     value = Encoder().encode_confluent(77, "updated", datum)
     assert value[:5] == b"\x00\x00\x00\x00\x4d"
     assert parse_header(value, confluent=True) == ConfluentHeader(77)
-    assert value[5:] == Encoder().encode_datum("updated", datum)
+    assert value[5:] == avro_binary(builtin_catalog().schema("course_audit.CourseUpdated"), datum)
 
 
 def test_schema_json_is_self_contained_and_documented() -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from course_audit.api.auth import TokenCache
+from course_audit.api.auth import token_cache
 from course_audit.api.errors import errors_middleware, json_protocol_errors
 from course_audit.api.handlers import (
+    ACCOUNT,
     ACCOUNT_PATH,
     API_STATE,
+    COURSE,
     COURSE_PATH,
     ApiState,
-    account_events,
-    course_events,
+    events_handler,
     openapi,
 )
 from course_audit.api.render import UTC_NAMES
@@ -25,9 +26,9 @@ def install_api(app: web.Application) -> None:
     json_protocol_errors()
     # Appended after `observe`, so the request metrics see the statuses of JSON errors.
     app.middlewares.append(errors_middleware)
-    app[API_STATE] = ApiState(TokenCache(), settings.zone, settings.time_zone in UTC_NAMES)
-    app.router.add_get(COURSE_PATH, course_events)
-    app.router.add_get(ACCOUNT_PATH, account_events)
+    app[API_STATE] = ApiState(token_cache(), settings.zone, settings.time_zone in UTC_NAMES)
+    app.router.add_get(COURSE_PATH, events_handler(COURSE))
+    app.router.add_get(ACCOUNT_PATH, events_handler(ACCOUNT))
     app.router.add_get("/openapi.json", openapi)
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from collections.abc import Callable
-
 from aiohttp import web
 
 from course_audit.api.errors import invalid_token, unauthenticated
+from course_audit.cache import TtlCache
 from course_audit.store.db import Conn
 from course_audit.store.tokens import TokenInfo, hash_token, lookup_token
 
@@ -29,37 +26,14 @@ def bearer_token(request: web.Request) -> str | None:
     return token or None
 
 
-class TokenCache:
-    """Recent lookups by token digest (never the token itself), for `TOKEN_TTL_S` seconds.
+#: Recent lookups by token digest (never the token itself). Only tokens the store knows are
+#: kept, so a token created a moment ago works at once.
+TokenCache = TtlCache[bytes, TokenInfo]
 
-    Only tokens the store knows are kept: a token created a moment ago works at once.
-    """
 
-    def __init__(
-        self,
-        ttl_s: float = TOKEN_TTL_S,
-        size: int = TOKEN_CACHE_SIZE,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.size = size
-        self.clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, TokenInfo]] = OrderedDict()
-
-    def get(self, digest: bytes) -> TokenInfo | None:
-        entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        if entry[0] <= self.clock():
-            del self._entries[digest]
-            return None
-        return entry[1]
-
-    def put(self, digest: bytes, info: TokenInfo) -> None:
-        self._entries[digest] = (self.clock() + self.ttl_s, info)
-        self._entries.move_to_end(digest)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+def token_cache() -> TokenCache:
+    """A cache of `TOKEN_CACHE_SIZE` tokens, each trusted for `TOKEN_TTL_S` seconds."""
+    return TtlCache(TOKEN_CACHE_SIZE, TOKEN_TTL_S)
 
 
 async def authenticate(conn: Conn, token: str, cache: TokenCache) -> TokenInfo:

@@ -1,11 +1,12 @@
-"""The two Course Audit log endpoints (SPEC §4.1) and the OpenAPI document."""
+"""The two Course Audit log endpoints (SPEC §4.1), one handler over two targets, and the
+OpenAPI document."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TypeVar
@@ -20,17 +21,20 @@ from course_audit.api.openapi import openapi_document
 from course_audit.api.params import Query, encode_bookmark, parse_query
 from course_audit.api.render import SnapshotCache, render_document, wants_string_ids
 from course_audit.api.snapshots import SnapshotTexts
-from course_audit.api.tenancy import RootCache, account_within, course_within
+from course_audit.api.tenancy import RootCache, root_cache, within
 from course_audit.runtime.web import HEALTH, RUNTIME, SETTINGS, json_response
 from course_audit.store.db import Conn
 from course_audit.store.errors import is_transient
 from course_audit.store.queries import (
+    Cursor,
     EventRow,
     Linked,
+    Refs,
+    Window,
     account_page,
     course_page,
     referenced,
-    resolve_course,
+    resolve_sis_course,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +57,7 @@ class ApiState:
     tokens: TokenCache
     zone: tzinfo
     utc: bool
-    roots: RootCache = field(default_factory=RootCache)
+    roots: RootCache = field(default_factory=root_cache)
     texts: SnapshotTexts = field(default_factory=SnapshotTexts)
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
 
@@ -68,7 +72,7 @@ class Page:
     events: list[EventRow]
     has_more: bool
     linked: Linked
-    refs: tuple[list[int], list[int], list[str]]
+    refs: Refs
 
 
 def _numeric(raw: str) -> int | None:
@@ -111,22 +115,51 @@ async def with_database(request: web.Request, work: Callable[[Conn], Awaitable[_
     raise unavailable()  # pragma: no cover - the loop always returns or raises
 
 
-async def _page(
-    conn: Conn,
-    fetch: Callable[..., Awaitable[list[EventRow]]],
-    key: int,
-    query: Query,
-    texts: SnapshotTexts,
-) -> Page:
+PageQuery = Callable[[Conn, int, Window, Cursor | None, int], Awaitable[list[EventRow]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What an events route reads: its path parameter, how that names an id within the
+    token's root accounts (None: 404), and the page query over that id."""
+
+    param: str
+    resolve: Callable[[Conn, ApiState, str, Collection[int]], Awaitable[int | None]]
+    page: PageQuery
+
+
+async def _course_id(conn: Conn, state: ApiState, raw: str, roots: Collection[int]) -> int | None:
+    if raw.startswith(SIS_COURSE_PREFIX):
+        sis_id = raw[len(SIS_COURSE_PREFIX) :]
+        return await resolve_sis_course(conn, sis_id, roots) if sis_id else None
+    course_id = _numeric(raw)
+    if course_id is None or not await within(conn, state.roots, "course", course_id, roots):
+        return None
+    return course_id
+
+
+async def _account_id(conn: Conn, state: ApiState, raw: str, roots: Collection[int]) -> int | None:
+    account_id = _numeric(raw)
+    if account_id is None or not await within(conn, state.roots, "account", account_id, roots):
+        return None
+    return account_id
+
+
+#: GET /api/v1/audit/course/courses/{course_id}: one course's events, newest first; the id
+#: may be `sis_course_id:<value>`.
+COURSE = Target("course_id", _course_id, course_page)
+#: GET /api/v1/audit/course/accounts/{account_id}: events of courses directly in the account.
+ACCOUNT = Target("account_id", _account_id, account_page)
+
+
+async def _page(conn: Conn, page: PageQuery, key: int, query: Query, texts: SnapshotTexts) -> Page:
     rows = (
-        []
-        if query.empty
-        else await fetch(conn, key, query.window, query.cursor, query.per_page + 1)
+        [] if query.empty else await page(conn, key, query.window, query.cursor, query.per_page + 1)
     )
     has_more = len(rows) > query.per_page
     events = rows[: query.per_page]
     refs = referenced(events)
-    linked = await texts.linked(conn, *refs)
+    linked = await texts.linked(conn, refs)
     return Page(events, has_more, linked, refs)
 
 
@@ -154,55 +187,29 @@ def _respond(request: web.Request, base: str, path: str, query: Query, page: Pag
     )
 
 
-async def course_events(request: web.Request) -> web.Response:
-    """GET /api/v1/audit/course/courses/{course_id}: one course's events, newest first."""
-    token = require_token(request)
-    settings = request.app[SETTINGS]
-    base = base_url(request, settings)
-    raw = request.match_info["course_id"]
-    sis_id = raw[len(SIS_COURSE_PREFIX) :] if raw.startswith(SIS_COURSE_PREFIX) else None
-    numeric = None if sis_id is not None else _numeric(raw)
+def events_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The handler of one events route: authenticate, resolve the id, read and render a page."""
 
-    state = request.app[API_STATE]
+    async def handle(request: web.Request) -> web.Response:
+        token = require_token(request)
+        base = base_url(request, request.app[SETTINGS])
+        raw = request.match_info[target.param]
+        state = request.app[API_STATE]
 
-    async def work(conn: Conn) -> tuple[int, Query, Page]:
-        info = await authenticate(conn, token, state.tokens)
-        query = parse_query(request.query, state.zone)
-        roots = info.root_account_ids
-        course_id: int | None
-        if numeric is not None:
-            known = await course_within(conn, state.roots, numeric, roots)
-            course_id = numeric if known else None
-        else:
-            course_id = await resolve_course(conn, None, sis_id or None, roots)
-        if course_id is None:
-            raise not_found()
-        return course_id, query, await _page(conn, course_page, course_id, query, state.texts)
+        async def work(conn: Conn) -> tuple[int, Query, Page]:
+            info = await authenticate(conn, token, state.tokens)
+            query = parse_query(request.query, state.zone)
+            key = await target.resolve(conn, state, raw, info.root_account_ids)
+            if key is None:
+                raise not_found()
+            return key, query, await _page(conn, target.page, key, query, state.texts)
 
-    course_id, query, page = await with_database(request, work)
-    return _respond(request, base, f"/api/v1/audit/course/courses/{course_id}", query, page)
+        key, query, page = await with_database(request, work)
+        # The numeric id in links, also for a course asked for by its SIS id.
+        path = request.match_info.route.url_for(**{target.param: str(key)}).path
+        return _respond(request, base, path, query, page)
 
-
-async def account_events(request: web.Request) -> web.Response:
-    """GET /api/v1/audit/course/accounts/{account_id}: events of courses directly in it."""
-    token = require_token(request)
-    settings = request.app[SETTINGS]
-    base = base_url(request, settings)
-    account_id = _numeric(request.match_info["account_id"])
-
-    state = request.app[API_STATE]
-
-    async def work(conn: Conn) -> tuple[Query, Page]:
-        info = await authenticate(conn, token, state.tokens)
-        query = parse_query(request.query, state.zone)
-        if account_id is None or not await account_within(
-            conn, state.roots, account_id, info.root_account_ids
-        ):
-            raise not_found()
-        return query, await _page(conn, account_page, account_id, query, state.texts)
-
-    query, page = await with_database(request, work)
-    return _respond(request, base, f"/api/v1/audit/course/accounts/{account_id}", query, page)
+    return handle
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
 
-from course_audit.model import RELATED_COURSE_TYPES
-from course_audit.store.queries import EventRow, Linked
+from course_audit.cache import TtlCache
+from course_audit.model import RELATED_COURSE_TYPES, Kind
+from course_audit.store.queries import EventRow, Linked, Refs
 
 #: Canvas's Course, User and PageView JSON field order; fields a snapshot lacks are left out.
 COURSE_FIELDS = (
@@ -99,17 +99,20 @@ def render_events(events: Iterable[EventRow], zone: tzinfo, utc: bool) -> list[d
     return out
 
 
-def render_event(event: EventRow, zone: tzinfo, utc: bool) -> dict[str, Any]:
-    """One event (see `render_events`)."""
-    return render_events((event,), zone, utc)[0]
-
-
 def render_snapshot(text: str, fields: Sequence[str], string_ids: bool) -> bytes:
     """One linked object as compact JSON: the stored snapshot in Canvas's field order."""
     value: Any = canvas_object(orjson.loads(text), fields)
     if string_ids:
         value = stringify_ids(value)
     return orjson.dumps(value)
+
+
+#: Canvas's field order of each kind of linked object.
+FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.COURSE: COURSE_FIELDS,
+    Kind.USER: USER_FIELDS,
+    Kind.PAGE_VIEW: PAGE_VIEW_FIELDS,
+}
 
 
 class SnapshotCache:
@@ -121,44 +124,35 @@ class SnapshotCache:
     """
 
     def __init__(self, size: int = SNAPSHOT_CACHE_SIZE) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[str, Any, bool], tuple[str, orjson.Fragment]] = (
-            OrderedDict()
+        self._entries: TtlCache[tuple[Kind, Any, bool], tuple[str, orjson.Fragment]] = TtlCache(
+            size
         )
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(
-        self, kind: str, key: Any, text: str, fields: Sequence[str], string_ids: bool
-    ) -> orjson.Fragment:
+    def get(self, kind: Kind, key: Any, text: str, string_ids: bool) -> orjson.Fragment:
         """The rendered object for snapshot `text` of (`kind`, `key`)."""
         slot = (kind, key, string_ids)
         entry = self._entries.get(slot)
         if entry is not None and entry[0] == text:
             return entry[1]
-        fragment = orjson.Fragment(render_snapshot(text, fields, string_ids))
-        self._entries[slot] = (text, fragment)
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        fragment = orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids))
+        self._entries.put(slot, (text, fragment))
         return fragment
 
 
 def _pick(
-    cache: SnapshotCache,
-    kind: str,
-    snapshots: dict[Any, str],
-    ids: Iterable[Any],
-    fields: Sequence[str],
-    string_ids: bool,
+    cache: SnapshotCache, kind: Kind, linked: Linked, refs: Refs, string_ids: bool
 ) -> list[orjson.Fragment]:
-    return [cache.get(kind, i, snapshots[i], fields, string_ids) for i in ids if i in snapshots]
+    snapshots = linked.of(kind)
+    return [cache.get(kind, i, snapshots[i], string_ids) for i in refs.of(kind) if i in snapshots]
 
 
 def render_document(
     events: Sequence[EventRow],
     linked: Linked,
-    refs: tuple[Sequence[int], Sequence[int], Sequence[str]],
+    refs: Refs,
     base: str,
     zone: tzinfo,
     utc: bool,
@@ -166,7 +160,6 @@ def render_document(
     cache: SnapshotCache | None = None,
 ) -> bytes:
     """The whole response body; `refs` are the ids the events refer to, in order."""
-    course_ids, user_ids, page_view_ids = refs
     snapshots = SnapshotCache() if cache is None else cache
     document = {
         "links": {
@@ -176,11 +169,9 @@ def render_document(
         },
         "events": render_events(events, zone, utc),
         "linked": {
-            "page_views": _pick(
-                snapshots, "p", linked.page_views, page_view_ids, PAGE_VIEW_FIELDS, string_ids
-            ),
-            "courses": _pick(snapshots, "c", linked.courses, course_ids, COURSE_FIELDS, string_ids),
-            "users": _pick(snapshots, "u", linked.users, user_ids, USER_FIELDS, string_ids),
+            "page_views": _pick(snapshots, Kind.PAGE_VIEW, linked, refs, string_ids),
+            "courses": _pick(snapshots, Kind.COURSE, linked, refs, string_ids),
+            "users": _pick(snapshots, Kind.USER, linked, refs, string_ids),
         },
     }
     return orjson.dumps(document, option=_UTC_OPTIONS if utc else 0)

@@ -11,12 +11,13 @@ snapshot than the store holds when the page is read.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from course_audit.cache import TtlCache
+from course_audit.model import Kind
 from course_audit.store.db import Conn
-from course_audit.store.queries import Linked, snapshot_rows, snapshot_versions
+from course_audit.store.queries import Linked, Refs, snapshot_rows, snapshot_versions
 
 #: Snapshot texts kept per process: the snapshots of a few hundred busy pages, ~0.5 KB each.
 SNAPSHOT_TEXTS_SIZE = 20_000
@@ -34,56 +35,32 @@ class SnapshotTexts:
         size: int = SNAPSHOT_TEXTS_SIZE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.ttl_s = ttl_s
-        self.size = size
-        self.clock = clock
-        # (kind, id) -> (version, expires at, text)
-        self._entries: OrderedDict[tuple[str, Any], tuple[int, float, str]] = OrderedDict()
+        self._entries: TtlCache[tuple[str, Any], tuple[int, str]] = TtlCache(size, ttl_s, clock)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def linked(
-        self,
-        conn: Conn,
-        course_ids: Sequence[int],
-        user_ids: Sequence[int],
-        page_view_ids: Sequence[str],
-    ) -> Linked:
+    async def linked(self, conn: Conn, refs: Refs) -> Linked:
         """The latest snapshots of the given ids: versions from the store, texts from here.
 
         One round trip when every snapshot is known at its current version, two otherwise.
         """
         linked = Linked()
-        targets: dict[str, dict[Any, str]] = {
-            "c": linked.courses,
-            "u": linked.users,
-            "p": linked.page_views,
-        }
-        missing: dict[str, list[Any]] = {"c": [], "u": [], "p": []}
-        now = self.clock()
+        missing = Refs()
         entries = self._entries
-        for kind, num_id, text_id, version in await snapshot_versions(
-            conn, course_ids, user_ids, page_view_ids
-        ):
+        for kind, num_id, text_id, version in await snapshot_versions(conn, refs):
             key = text_id if num_id is None else num_id
             entry = entries.get((kind, key))
-            if entry is not None and entry[0] == version and entry[1] > now:
-                targets[kind][key] = entry[2]
+            if entry is not None and entry[0] == version:
+                linked.of(Kind(kind))[key] = entry[1]
             else:
-                missing[kind].append(key)
-        if missing["c"] or missing["u"] or missing["p"]:
+                missing.of(Kind(kind)).append(key)
+        if missing:
             # A snapshot may have changed again since its version was read: this reads (and
             # shows) the newer one.
-            for row in await snapshot_rows(conn, missing["c"], missing["u"], missing["p"]):
+            for row in await snapshot_rows(conn, missing):
                 key = row.text_id if row.num_id is None else row.num_id
                 if row.data is not None:
-                    self._put((row.kind, key), row.version, now, row.data)
-                    targets[row.kind][key] = row.data
+                    entries.put((row.kind, key), (row.version, row.data))
+                    linked.of(Kind(row.kind))[key] = row.data
         return linked
-
-    def _put(self, slot: tuple[str, Any], version: int, now: float, text: str) -> None:
-        self._entries[slot] = (version, now + self.ttl_s, text)
-        self._entries.move_to_end(slot)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)

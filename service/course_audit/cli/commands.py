@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ import asyncpg
 import orjson
 
 from course_audit.config import Settings
-from course_audit.ingest.consumer import admit, retention_cutoff
+from course_audit.ingest.admit import Admission
 from course_audit.ingest.decode import Decoder
 from course_audit.model import Event
 from course_audit.store.dead_letters import (
@@ -35,15 +36,25 @@ class UsageError(Exception):
     """A bad argument value; printed as one line, exit status 2."""
 
 
-def _run(coro: Awaitable[int]) -> int:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except UsageError as exc:
-        print(f"course-audit: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, asyncpg.PostgresError) as exc:
-        print(f"course-audit: database error: {exc}", file=sys.stderr)
-        return 1
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def command(work: Callable[[argparse.Namespace, Settings], Awaitable[int]]) -> Command:
+    """A subcommand from its async body: run it, and map the errors every subcommand shares
+    to one line on stderr (a bad argument: exit 2; the database refusing: exit 1)."""
+
+    @functools.wraps(work)
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        try:
+            return asyncio.run(work(args, settings))  # type: ignore[arg-type]
+        except UsageError as exc:
+            print(f"course-audit: {exc}", file=sys.stderr)
+            return 2
+        except (OSError, asyncpg.PostgresError) as exc:
+            print(f"course-audit: database error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 @contextlib.asynccontextmanager
@@ -82,159 +93,146 @@ def _time(value: str | None, name: str) -> datetime | None:
 # ------------------------------------------------------------------ roles
 
 
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+@command
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from course_audit.runtime.runner import run_roles
 
-    return asyncio.run(run_roles(settings, consume=True, serve_api=True))
+    return await run_roles(settings, consume=True, serve_api=True)
 
 
-def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+@command
+async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     from course_audit.runtime.runner import run_roles
 
-    return asyncio.run(run_roles(settings, consume=True))
+    return await run_roles(settings, consume=True)
 
 
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+@command
+async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from course_audit.runtime.runner import run_roles
 
-    return asyncio.run(run_roles(settings, consume=False, serve_api=True))
+    return await run_roles(settings, consume=False, serve_api=True)
 
 
 # ------------------------------------------------------------------ store admin
 
 
-def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
-        async with _connection(settings) as conn:
-            applied = await migrate(conn)
-            created = await ensure_partitions(conn, settings.partitions_ahead)
-        print(f"applied migrations: {applied or 'none pending'}", file=sys.stderr)
-        if created:
-            print(f"created partitions: {', '.join(created)}", file=sys.stderr)
-        return 0
-
-    return _run(go())
+@command
+async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        applied = await migrate(conn)
+        created = await ensure_partitions(conn, settings.partitions_ahead)
+    print(f"applied migrations: {applied or 'none pending'}", file=sys.stderr)
+    if created:
+        print(f"created partitions: {', '.join(created)}", file=sys.stderr)
+    return 0
 
 
-def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
-        async with _connection(settings) as conn:
-            created = await ensure_partitions(conn, settings.partitions_ahead)
-            dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
-        print(f"created: {', '.join(created) or 'none'}")
-        print(f"dropped: {', '.join(dropped) or 'none'}")
-        return 0
-
-    return _run(go())
+@command
+async def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        created = await ensure_partitions(conn, settings.partitions_ahead)
+        dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
+    print(f"created: {', '.join(created) or 'none'}")
+    print(f"dropped: {', '.join(dropped) or 'none'}")
+    return 0
 
 
-def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
-        if any(r <= 0 for r in args.roots):
-            raise UsageError("--root-account must be a positive integer")
-        async with _connection(settings) as conn:
-            created = await create_token(conn, args.name, args.roots)
-        # The token alone on stdout so scripts can capture it; the rest goes to stderr.
-        print(created.token)
-        print(
-            f"token {created.info.id} ({created.info.name}) for root accounts "
-            f"{', '.join(map(str, created.info.root_account_ids))}; it is shown only once",
-            file=sys.stderr,
-        )
-        return 0
-
-    return _run(go())
+@command
+async def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
+    if any(r <= 0 for r in args.roots):
+        raise UsageError("--root-account must be a positive integer")
+    async with _connection(settings) as conn:
+        created = await create_token(conn, args.name, args.roots)
+    # The token alone on stdout so scripts can capture it; the rest goes to stderr.
+    print(created.token)
+    print(
+        f"token {created.info.id} ({created.info.name}) for root accounts "
+        f"{', '.join(map(str, created.info.root_account_ids))}; it is shown only once",
+        file=sys.stderr,
+    )
+    return 0
 
 
-def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
-        async with _connection(settings) as conn:
-            tokens = await list_tokens(conn)
-        for t in tokens:
-            state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
-            roots = ",".join(map(str, t.root_account_ids))
-            print(f"{t.id}\t{t.name}\troot_accounts={roots}\t{t.created_at.isoformat()}\t{state}")
-        return 0
-
-    return _run(go())
+@command
+async def cmd_token_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        tokens = await list_tokens(conn)
+    for t in tokens:
+        state = f"revoked {t.revoked_at.isoformat()}" if t.revoked_at else "active"
+        roots = ",".join(map(str, t.root_account_ids))
+        print(f"{t.id}\t{t.name}\troot_accounts={roots}\t{t.created_at.isoformat()}\t{state}")
+    return 0
 
 
-def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
-        async with _connection(settings) as conn:
-            done = await revoke_token(conn, args.token_id)
-        if not done:
-            print(f"course-audit: no active token with id {args.token_id}", file=sys.stderr)
-            return 1
-        print(f"revoked token {args.token_id}", file=sys.stderr)
-        return 0
-
-    return _run(go())
+@command
+async def cmd_token_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        done = await revoke_token(conn, args.token_id)
+    if not done:
+        print(f"course-audit: no active token with id {args.token_id}", file=sys.stderr)
+        return 1
+    print(f"revoked token {args.token_id}", file=sys.stderr)
+    return 0
 
 
 # ------------------------------------------------------------------ dead letters
 
 
-def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
+@command
+async def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with _connection(settings) as conn:
+        rows = await _selected_dead_letters(conn, args)
+    for row in rows:
+        s = row.letter.source
+        print(
+            orjson.dumps(
+                {
+                    "id": row.id,
+                    "topic": s.topic,
+                    "partition": s.partition,
+                    "offset": s.offset,
+                    "key": s.key.decode("utf-8", "replace") if s.key is not None else None,
+                    "error_code": row.letter.code.value,
+                    "error_message": row.letter.message,
+                    "failed_at": row.letter.failed_at.isoformat(),
+                    "value_bytes": len(s.value or b""),
+                }
+            ).decode()
+        )
+    print(f"{len(rows)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+@command
+async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    registry = (
+        RegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
+    )
+    decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
+    stored = still_failing = 0
+    try:
         async with _connection(settings) as conn:
             rows = await _selected_dead_letters(conn, args)
-        for row in rows:
-            s = row.letter.source
-            print(
-                orjson.dumps(
-                    {
-                        "id": row.id,
-                        "topic": s.topic,
-                        "partition": s.partition,
-                        "offset": s.offset,
-                        "key": s.key.decode("utf-8", "replace") if s.key is not None else None,
-                        "error_code": row.letter.code.value,
-                        "error_message": row.letter.message,
-                        "failed_at": row.letter.failed_at.isoformat(),
-                        "value_bytes": len(s.value or b""),
-                    }
-                ).decode()
-            )
-        print(f"{len(rows)} dead letter(s)", file=sys.stderr)
-        return 0
-
-    return _run(go())
-
-
-def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
-    async def go() -> int:
-        registry = (
-            RegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
-        )
-        decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
-        stored = still_failing = 0
-        try:
-            async with _connection(settings) as conn:
-                rows = await _selected_dead_letters(conn, args)
-                now = datetime.now(UTC)
-                cutoff = retention_cutoff(now, settings.retention_months)
-                for row in rows:
-                    decoded = await decoder.decode(row.letter.source.value)
-                    outcome = admit(decoded, now, cutoff, settings.retention_months)
-                    if isinstance(outcome, Event):
-                        outcome.source = row.letter.source
-                        async with conn.transaction():
-                            await write_batch(conn, [outcome])
-                            await mark_replayed(conn, [row.id])
-                        stored += 1
-                    else:
-                        await update_dead_letter_error(
-                            conn, row.id, outcome.code, outcome.message, now
-                        )
-                        still_failing += 1
-        finally:
-            if registry is not None:
-                await registry.close()
-        print(f"replayed {len(rows)}: stored {stored}, still failing {still_failing}")
-        return 0
-
-    return _run(go())
+            admission = Admission.at(datetime.now(UTC), settings.retention_months)
+            for row in rows:
+                decoded = await decoder.decode(row.letter.source.value)
+                outcome = admission.admit(decoded, row.letter.source)
+                if isinstance(outcome, Event):
+                    async with conn.transaction():
+                        await write_batch(conn, [outcome])
+                        await mark_replayed(conn, [row.id])
+                    stored += 1
+                else:
+                    await update_dead_letter_error(
+                        conn, row.id, outcome.code, outcome.message, admission.now
+                    )
+                    still_failing += 1
+    finally:
+        if registry is not None:
+            await registry.close()
+    print(f"replayed {len(rows)}: stored {stored}, still failing {still_failing}")
+    return 0
 
 
 # ------------------------------------------------------------------ produce
@@ -246,12 +244,16 @@ def _lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+@command
+async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from course_audit.produce.publish import produce_lines
 
-    stream: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
     try:
-        sent, failed = asyncio.run(produce_lines(settings, _lines(stream), sys.stderr))
+        stream: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115, ASYNC230
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    try:
+        sent, failed = await produce_lines(settings, _lines(stream), sys.stderr)
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -259,7 +261,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if failed == 0 else 1
 
 
-HANDLERS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+HANDLERS: dict[str, Command] = {
     "run": cmd_run,
     "consume": cmd_consume,
     "serve": cmd_serve,

@@ -14,6 +14,7 @@ from course_audit.model import (
     ErrorCode,
     Event,
     Rejection,
+    Source,
 )
 
 #: Longest string kept in a change pair; longer ones are cut to this length, "..." included.
@@ -31,8 +32,13 @@ _CHANGE_TYPES = frozenset({"created", "updated"})
 _COURSE_IDS = ("id", "account_id", "root_account_id")
 
 
-def to_event(decoded: Decoded, *, now: datetime | None = None) -> Event | Rejection:
-    """Check a decoded event against SPEC §2.4 and normalise it; `now` bounds created_at."""
+def to_event(
+    decoded: Decoded, *, source: Source | None = None, now: datetime | None = None
+) -> Event | Rejection:
+    """Check a decoded event against SPEC §2.4 and normalise it; `now` bounds created_at.
+
+    `source` (where the message was read) is carried by the event into the store.
+    """
     datum = decoded.datum
     event_type = RECORD_EVENT_TYPES.get(decoded.record_name)
     if event_type is None:
@@ -65,9 +71,9 @@ def to_event(decoded: Decoded, *, now: datetime | None = None) -> Event | Reject
                 "values are both blank (null, empty or false) are dropped",
             )
         if event_type == "created":
-            source = datum.get("created_source")
-            if source is not None:
-                event_data["created_source"] = source
+            created_source = datum.get("created_source")
+            if created_source is not None:
+                event_data["created_source"] = created_source
 
     related = None
     if event_type in RELATED_COURSE_TYPES:
@@ -90,6 +96,7 @@ def to_event(decoded: Decoded, *, now: datetime | None = None) -> Event | Reject
         sis_batch_id=datum.get("sis_batch_id"),
         event_data=event_data,
         related_course=related,
+        source=source,
     )
 
 

@@ -67,11 +67,6 @@ class Encoder:
             assert reader is not None  # the catalog insists on all event records
             self._fingerprints[name] = reader.fingerprint
 
-    def encode_datum(self, event_type_or_record_name: str, datum: Mapping[str, Any]) -> bytes:
-        """The Avro binary datum alone, no framing."""
-        name = record_name_of(event_type_or_record_name)
-        return avro_binary(self._catalog.schema(name), datum)
-
     def encode_single_object(
         self, event_type_or_record_name: str, datum: Mapping[str, Any]
     ) -> bytes:

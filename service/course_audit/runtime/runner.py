@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from datetime import UTC, datetime
@@ -12,8 +11,10 @@ import asyncpg
 from aiohttp import web
 
 from course_audit.config import Settings
-from course_audit.ingest.consumer import Backoff, Ingestor
+from course_audit.ingest.consumer import Ingestor
 from course_audit.ingest.decode import Decoder
+from course_audit.retry import DATABASE_BACKOFF, wait_or_stop
+from course_audit.runtime.gc_tuning import tune_gc
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import RUNTIME, build_app
@@ -24,6 +25,9 @@ from course_audit.wire.registry import RegistryClient
 from course_audit.wire.schemas import SchemaCatalog
 
 log = logging.getLogger(__name__)
+
+#: How often a process waiting for `course-audit migrate` checks the schema again.
+MIGRATION_POLL_S = 5.0
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -37,7 +41,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 async def open_pool(settings: Settings, health: Health, stopping: asyncio.Event) -> asyncpg.Pool:
     """Create the connection pool, waiting (with backoff) while the database is unreachable."""
-    backoff = Backoff()
     attempt = 0
     while True:
         try:
@@ -53,14 +56,12 @@ async def open_pool(settings: Settings, health: Health, stopping: asyncio.Event)
         except Exception as exc:
             if not is_transient(exc) and not isinstance(exc, OSError):
                 raise
-            delay = backoff.delay(attempt)
             attempt += 1
+            delay = DATABASE_BACKOFF.delay(attempt)
             log.warning(
                 "database unreachable at start-up", extra={"error": str(exc), "retry_in_s": delay}
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-            if stopping.is_set():
+            if await wait_or_stop(delay, stopping):
                 raise asyncio.CancelledError() from exc
 
 
@@ -84,9 +85,7 @@ async def prepare_store(
                 "database schema is behind; waiting for `course-audit migrate`",
                 extra={"pending": [m.version for m in pending]},
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 5)
-            if stopping.is_set():
+            if await wait_or_stop(MIGRATION_POLL_S, stopping):
                 raise asyncio.CancelledError()
             pending = await pending_migrations(conn)
         health.migrations_ok = True
@@ -165,6 +164,7 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
             registry = RegistryClient(settings.schema_registry_url)
         decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
         ingestor = Ingestor(settings, pool, decoder, metrics, health)
+        tune_gc()  # after start-up, so that what it allocated is frozen out of collections
         consumer_task = asyncio.create_task(ingestor.run())
         await asyncio.wait({stop_wait, consumer_task}, return_when=asyncio.FIRST_COMPLETED)
         if consumer_task.done():

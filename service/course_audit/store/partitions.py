@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
+from course_audit.retention import add_months, month_of, retention_cutoff
 from course_audit.store.db import PARTITION_LOCK, Conn, advisory_xact_lock
 
 #: How long partition DDL waits for its lock on `events` before giving up (retried later).
@@ -22,20 +23,6 @@ DDL_LOCK_TIMEOUT = "10s"
 
 _NAME = re.compile(r"^events_y(\d{4})m(\d{2})$")
 _CREATE_ATTEMPTS = 3
-
-
-def month_of(ts: datetime) -> date:
-    """First day of the UTC month containing `ts` (naive datetimes are taken as UTC)."""
-    # Validated events are already in UTC; skipping astimezone matters once per event.
-    if ts.tzinfo is not None and ts.tzinfo is not UTC:
-        ts = ts.astimezone(UTC)
-    return date(ts.year, ts.month, 1)
-
-
-def add_months(month: date, n: int) -> date:
-    """The first day of the month `n` months after (or before, if negative) `month`."""
-    index = month.year * 12 + month.month - 1 + n
-    return date(index // 12, index % 12 + 1, 1)
 
 
 def partition_name(month: date) -> str:
@@ -66,9 +53,6 @@ class PartitionCache:
 
     def discard(self, months: Iterable[date]) -> None:
         self._months -= _normalise(months)
-
-    def clear(self) -> None:
-        self._months.clear()
 
 
 DEFAULT_CACHE = PartitionCache()
@@ -151,15 +135,15 @@ async def drop_expired(
     *,
     cache: PartitionCache | None = None,
 ) -> list[str]:
-    """Drop partitions holding only events older than `retention_months`; return their names.
+    """Drop partitions holding only events before the retention cutoff; return their names.
 
-    Whole partitions only: a month is dropped once all of it is past retention, so events
-    outlive retention by up to a month. 0 (or less) keeps everything.
+    The cutoff is `retention_cutoff`'s, the one the consumer applies to arriving events. 0 (or
+    less) keeps everything.
     """
     if retention_months <= 0:
         return []
     cache = DEFAULT_CACHE if cache is None else cache
-    cutoff = add_months(month_of(now or datetime.now(UTC)), -retention_months)
+    cutoff = month_of(retention_cutoff(now or datetime.now(UTC), retention_months))
     dropped: list[str] = []
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")

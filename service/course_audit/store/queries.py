@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
+from course_audit.model import Kind
 from course_audit.store.db import Conn
 
 #: Largest value of a PostgreSQL bigint; larger ids cannot exist in the store.
@@ -64,9 +65,27 @@ class EventRow(NamedTuple):
         return Cursor(self.created_at, self.seq)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Refs:
+    """The ids a page's events refer to, per kind, each once, in order of first appearance."""
+
+    courses: list[int] = field(default_factory=list)
+    users: list[int] = field(default_factory=list)
+    page_views: list[str] = field(default_factory=list)
+
+    def of(self, kind: Kind) -> list[int] | list[str]:
+        """The ids of one kind."""
+        if kind is Kind.COURSE:
+            return self.courses
+        return self.users if kind is Kind.USER else self.page_views
+
+    def __bool__(self) -> bool:
+        return bool(self.courses or self.users or self.page_views)
+
+
+@dataclass(frozen=True, slots=True)
 class Linked:
-    """Latest snapshots by id, each the stored jsonb `data` as JSON text.
+    """Latest snapshots by kind and id, each the stored jsonb `data` as JSON text.
 
     Left as text: the API renders (and caches) the Canvas-shaped object per snapshot version,
     so an unchanged snapshot is never parsed again.
@@ -76,16 +95,11 @@ class Linked:
     users: dict[int, str] = field(default_factory=dict)
     page_views: dict[str, str] = field(default_factory=dict)
 
-    def add(self, row: SnapshotRow) -> None:
-        """Keep the data of a snapshot row (one of `snapshot_rows`)."""
-        if row.data is None:
-            raise ValueError("a snapshot row without data")
-        if row.kind == "c" and row.num_id is not None:
-            self.courses[row.num_id] = row.data
-        elif row.kind == "u" and row.num_id is not None:
-            self.users[row.num_id] = row.data
-        elif row.kind == "p" and row.text_id is not None:
-            self.page_views[row.text_id] = row.data
+    def of(self, kind: Kind) -> dict[Any, str]:
+        """The snapshots of one kind, by id."""
+        if kind is Kind.COURSE:
+            return self.courses
+        return self.users if kind is Kind.USER else self.page_views
 
 
 # The snapshot answers for almost every course; the events only for one whose snapshot is
@@ -126,29 +140,30 @@ _EVENT_COLUMNS = (
 # their own so that neither needs converting on the way out. `xmin` (the transaction that
 # wrote the row version) identifies a snapshot's version: every change to a row gives it a
 # new one, so a reader holding the data of (id, xmin) holds that snapshot's current data.
-_LINKED = """
-SELECT 'c' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version, data::text AS data
+_LINKED = f"""
+SELECT '{Kind.COURSE}' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version,
+       data::text AS data
   FROM courses WHERE id = ANY($1::bigint[])
 UNION ALL
-SELECT 'u', id, NULL, xmin, data::text FROM users WHERE id = ANY($2::bigint[])
+SELECT '{Kind.USER}', id, NULL, xmin, data::text FROM users WHERE id = ANY($2::bigint[])
 UNION ALL
-SELECT 'p', NULL, id, xmin, data::text FROM page_views WHERE id = ANY($3::text[])
+SELECT '{Kind.PAGE_VIEW}', NULL, id, xmin, data::text FROM page_views WHERE id = ANY($3::text[])
 """
 
 # The same rows without their data: turning jsonb into text and shipping it is most of the
 # cost of the snapshot query, and an API process already holds most snapshots it shows.
-_LINKED_VERSIONS = """
-SELECT 'c' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version
+_LINKED_VERSIONS = f"""
+SELECT '{Kind.COURSE}' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version
   FROM courses WHERE id = ANY($1::bigint[])
 UNION ALL
-SELECT 'u', id, NULL, xmin FROM users WHERE id = ANY($2::bigint[])
+SELECT '{Kind.USER}', id, NULL, xmin FROM users WHERE id = ANY($2::bigint[])
 UNION ALL
-SELECT 'p', NULL, id, xmin FROM page_views WHERE id = ANY($3::text[])
+SELECT '{Kind.PAGE_VIEW}', NULL, id, xmin FROM page_views WHERE id = ANY($3::text[])
 """
 
 
 class SnapshotRow(NamedTuple):
-    """One stored snapshot: kind (`c`ourse, `u`ser, `p`age view), id, row version, data.
+    """One stored snapshot: its kind (a `Kind` value), id, row version and data.
 
     `data` is None in the rows of `snapshot_versions`.
     """
@@ -219,19 +234,12 @@ async def course_root_account(conn: Conn, course_id: int) -> int | None:
     return None if root is None else int(root)
 
 
-async def resolve_course(
-    conn: Conn, course_id: int | None, sis_course_id: str | None, roots: Collection[int]
-) -> int | None:
-    """The numeric id of a course known within `roots` (by id or SIS id), else None."""
-    if sis_course_id is not None:
-        if "\x00" in sis_course_id:  # PostgreSQL text cannot hold NUL: no course has it
-            return None
-        found = await conn.fetchval(_COURSE_BY_SIS_ID, sis_course_id, list(roots))
-        return None if found is None else int(found)
-    if course_id is None:
+async def resolve_sis_course(conn: Conn, sis_course_id: str, roots: Collection[int]) -> int | None:
+    """The numeric id of the course with this SIS id within `roots`, else None."""
+    if "\x00" in sis_course_id:  # PostgreSQL text cannot hold NUL: no course has it
         return None
-    root = await course_root_account(conn, course_id)
-    return course_id if root is not None and root in roots else None
+    found = await conn.fetchval(_COURSE_BY_SIS_ID, sis_course_id, list(roots))
+    return None if found is None else int(found)
 
 
 async def account_root_account(conn: Conn, account_id: int) -> int | None:
@@ -240,12 +248,6 @@ async def account_root_account(conn: Conn, account_id: int) -> int | None:
         return None
     root = await conn.fetchval(_ACCOUNT_ROOT, account_id)
     return None if root is None else int(root)
-
-
-async def account_known(conn: Conn, account_id: int, roots: Collection[int]) -> bool:
-    """True when some known course has (or had) `account_id` as its account within `roots`."""
-    root = await account_root_account(conn, account_id)
-    return root is not None and root in roots
 
 
 async def _page(
@@ -271,7 +273,7 @@ async def account_page(
     return await _page(conn, "account_id", account_id, window, cursor, limit)
 
 
-def referenced(events: Sequence[EventRow]) -> tuple[list[int], list[int], list[str]]:
+def referenced(events: Sequence[EventRow]) -> Refs:
     """Course, user and page view ids the events refer to, each once, in order of appearance."""
     courses: dict[int, None] = {}
     users: dict[int, None] = {}
@@ -284,34 +286,20 @@ def referenced(events: Sequence[EventRow]) -> tuple[list[int], list[int], list[s
             users[e.user_id] = None
         if e.page_view_id is not None:
             page_views[e.page_view_id] = None
-    return list(courses), list(users), list(page_views)
+    return Refs(list(courses), list(users), list(page_views))
 
 
-async def snapshot_rows(
-    conn: Conn, course_ids: Sequence[int], user_ids: Sequence[int], page_view_ids: Sequence[str]
-) -> list[SnapshotRow]:
+async def snapshot_rows(conn: Conn, refs: Refs) -> list[SnapshotRow]:
     """Latest snapshots of the given ids with their versions, in one round trip."""
-    if not (course_ids or user_ids or page_view_ids):
+    if not refs:
         return []
-    rows = await conn.fetch(_LINKED, list(course_ids), list(user_ids), list(page_view_ids))
+    rows = await conn.fetch(_LINKED, refs.courses, refs.users, refs.page_views)
     return [SnapshotRow(*r) for r in rows]
 
 
-async def snapshot_versions(
-    conn: Conn, course_ids: Sequence[int], user_ids: Sequence[int], page_view_ids: Sequence[str]
-) -> list[asyncpg.Record]:
+async def snapshot_versions(conn: Conn, refs: Refs) -> list[asyncpg.Record]:
     """The current version of each given id's snapshot, in one round trip: records of
     (kind, num_id, text_id, version), left as asyncpg gives them (this runs on every page)."""
-    if not (course_ids or user_ids or page_view_ids):
+    if not refs:
         return []
-    return await conn.fetch(_LINKED_VERSIONS, list(course_ids), list(user_ids), list(page_view_ids))
-
-
-async def linked_snapshots(
-    conn: Conn, course_ids: Sequence[int], user_ids: Sequence[int], page_view_ids: Sequence[str]
-) -> Linked:
-    """Latest snapshots of the given ids, in one round trip (none when there are no ids)."""
-    linked = Linked()
-    for row in await snapshot_rows(conn, course_ids, user_ids, page_view_ids):
-        linked.add(row)
-    return linked
+    return await conn.fetch(_LINKED_VERSIONS, refs.courses, refs.users, refs.page_views)

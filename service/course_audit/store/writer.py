@@ -11,6 +11,7 @@ import asyncpg
 import orjson
 
 from course_audit.model import DeadLetter, Event
+from course_audit.retention import month_of
 from course_audit.store.db import Conn, affected_rows
 from course_audit.store.errors import is_data_error
 from course_audit.store.partitions import (
@@ -18,7 +19,6 @@ from course_audit.store.partitions import (
     PartitionCache,
     ensure_partition_for,
     list_partitions,
-    month_of,
 )
 
 

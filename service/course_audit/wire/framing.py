@@ -30,9 +30,6 @@ class ConfluentHeader:
     payload_offset: ClassVar[int] = CONFLUENT_HEADER_LEN
 
 
-Header = SingleObjectHeader | ConfluentHeader
-
-
 def _hex(data: bytes) -> str:
     return " ".join(f"{b:02X}" for b in data)
 

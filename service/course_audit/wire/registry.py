@@ -4,35 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from course_audit.cache import TtlCache
+from course_audit.retry import REGISTRY_BACKOFF, Backoff
+
 log = logging.getLogger(__name__)
+
+#: Schema ids remembered, found and not found (each): far more than a deployment registers.
+SCHEMA_CACHE_SIZE = 10_000
 
 
 class RegistryUnavailable(Exception):
     """The registry could not be reached within the retry policy's attempts."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter; `max_attempts=None` retries forever."""
-
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.2  # fraction of the delay added at random, so replicas do not align
-    max_attempts: int | None = None
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
-        return base * (1.0 + self.jitter * random.random())
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +35,16 @@ class RegisteredSchema:
 class RegistryClient:
     """Fetches writer schemas (`GET {url}/schemas/ids/{id}`) and caches them by id.
 
-    Schema ids are immutable in a Confluent registry, so a found schema is cached for good;
-    "not found" is cached for `not_found_ttl` seconds so a bad producer cannot flood it.
+    Schema ids are immutable in a Confluent registry, so a found schema is kept until the cache
+    is full; "not found" is kept for `not_found_ttl` seconds so a bad producer cannot flood
+    the registry with the same id.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        retry: RetryPolicy | None = None,
+        retry: Backoff = REGISTRY_BACKOFF,
         request_timeout: float = 10.0,
         not_found_ttl: float = 30.0,
         session: aiohttp.ClientSession | None = None,
@@ -63,13 +52,12 @@ class RegistryClient:
         self._url = URL(url.rstrip("/"))
         # The URL may carry basic-auth credentials; they never go into logs.
         self.display_url = str(self._url.with_user(None))
-        self._retry = retry or RetryPolicy()
+        self._retry = retry
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
-        self._not_found_ttl = not_found_ttl
         self._session = session
         self._owns_session = session is None
-        self._found: dict[int, RegisteredSchema] = {}
-        self._not_found: dict[int, float] = {}
+        self._found: TtlCache[int, RegisteredSchema] = TtlCache(SCHEMA_CACHE_SIZE)
+        self._not_found: TtlCache[int, bool] = TtlCache(SCHEMA_CACHE_SIZE, not_found_ttl)
         self._inflight: dict[int, asyncio.Task[RegisteredSchema | None]] = {}
 
     async def __aenter__(self) -> RegistryClient:
@@ -86,10 +74,6 @@ class RegistryClient:
             await self._session.close()
         self._session = None
 
-    def cached(self, schema_id: int) -> RegisteredSchema | None:
-        """The schema for an id already fetched, without any I/O."""
-        return self._found.get(schema_id)
-
     async def get_schema(self, schema_id: int) -> RegisteredSchema | None:
         """The writer schema with this id, or None if the registry does not know it.
 
@@ -99,11 +83,8 @@ class RegistryClient:
         found = self._found.get(schema_id)
         if found is not None:
             return found
-        expires = self._not_found.get(schema_id)
-        if expires is not None:
-            if time.monotonic() < expires:
-                return None
-            del self._not_found[schema_id]
+        if self._not_found.get(schema_id):
+            return None
         task = self._inflight.get(schema_id)
         if task is None:
             # One request per id, however many messages wait for it.
@@ -125,7 +106,7 @@ class RegistryClient:
             try:
                 found = await self._fetch(schema_id)
             except _Retryable as exc:
-                if self._retry.max_attempts is not None and attempt >= self._retry.max_attempts:
+                if self._retry.gives_up_after(attempt):
                     raise RegistryUnavailable(
                         f"schema registry {self.display_url}: schema id {schema_id}: {exc} "
                         f"(gave up after {attempt} attempts)"
@@ -143,9 +124,9 @@ class RegistryClient:
                 await asyncio.sleep(delay)
                 continue
             if found is None:
-                self._not_found[schema_id] = time.monotonic() + self._not_found_ttl
+                self._not_found.put(schema_id, True)
             else:
-                self._found[schema_id] = found
+                self._found.put(schema_id, found)
             return found
 
     def _get_session(self) -> aiohttp.ClientSession:

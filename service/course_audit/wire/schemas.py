@@ -169,10 +169,6 @@ class SchemaCatalog:
         except KeyError:
             raise SchemaError(f"no schema named {record_name!r}") from None
 
-    def fingerprints(self) -> dict[bytes, str]:
-        """All known fingerprints and the record each belongs to."""
-        return {fp: w.record_name for fp, w in self._writers.items()}
-
     def parse_writer(self, schema_text: str, *, source: str) -> WriterSchema:
         """Prepare a writer schema given as JSON text (e.g. from a registry).
 
