@@ -1,7 +1,8 @@
 """Test harness: where the real Kafka and PostgreSQL for a test session come from.
 
-Order (ENGINEERING.md §2): AUDIT_TEST_* environment variables, then testcontainers when a
-Docker engine answers, then local processes started by deploy/local/services.py.
+Order (README.md#services-for-the-tests): AUDIT_TEST_* environment variables, then
+testcontainers when a Docker engine answers, then local processes started by
+deploy/local/services.py.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ class Settings:
         parse=integer(1, 60),
         doc="monthly partitions created ahead of time",
     )
-    # measured trade-off of CPU per event vs transaction length: docs/performance.md#batch-size
+    # measured trade-off of CPU per event vs transaction length: docs/performance.md#batch-bounds
     batch_max_records: int = setting(
         2000,
         env="AUDIT_BATCH_MAX_RECORDS",

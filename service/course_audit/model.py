@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-#: The 13 event types and their Avro record full names (SPEC §2.2).
+#: The 13 event types and their Avro record full names (docs/messages.md#event-types).
 EVENT_RECORDS: dict[str, str] = {
     "created": "course_audit.CourseCreated",
     "updated": "course_audit.CourseUpdated",
@@ -38,7 +38,7 @@ class Kind(enum.StrEnum):
 
 
 class ErrorCode(enum.StrEnum):
-    """Stable, machine-readable dead-letter codes (SPEC §2.4)."""
+    """Stable, machine-readable dead-letter codes (docs/messages.md#dead-letter-codes)."""
 
     EMPTY_VALUE = "empty_value"
     UNKNOWN_MAGIC_BYTE = "unknown_magic_byte"

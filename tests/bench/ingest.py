@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from common import Report, median, progress, table
 from naive import event_row, naive_write_batch_per_row
 
+from course_audit.ingest.consumer import DECODE_YIELD_EVERY
 from course_audit.ingest.decode import Decoder
 from course_audit.ingest.validate import to_event
 from course_audit.model import EVENT_RECORDS, Decoded, Event, Source
@@ -232,7 +233,7 @@ async def run_decode_only(
         if keep is not None:
             keep.append(event)
         count += 1
-        if count % 250 == 0:
+        if count % DECODE_YIELD_EVERY == 0:
             await asyncio.sleep(0)  # as the service yields while decoding
 
     elapsed = await _consume(bootstrap, topic, n, handle)

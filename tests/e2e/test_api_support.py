@@ -550,7 +550,7 @@ def expected_document(
 
 
 def assert_same_document(actual: Any, expected: dict[str, Any]) -> None:
-    """Equal as JSON, and equal in key order wherever SPEC §4.5 fixes an order."""
+    """Equal as JSON, and in key order wherever docs/api.md#response-document fixes one."""
     assert actual == expected
     assert list(actual) == ["links", "events", "linked"]
     assert list(actual["links"]) == ["events.course", "events.user", "events.sis_batch"]

@@ -1,4 +1,4 @@
-"""Base URLs and the Link header (SPEC §4.4), pure logic."""
+"""Base URLs and the Link header (docs/api.md#link-header), pure logic."""
 
 from __future__ import annotations
 

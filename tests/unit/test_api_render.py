@@ -1,4 +1,4 @@
-"""The compound document (SPEC §4.5), rendered from stored rows; pure logic."""
+"""The compound document (docs/api.md#response-document), rendered from stored rows; pure logic."""
 
 from __future__ import annotations
 

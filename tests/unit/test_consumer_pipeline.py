@@ -39,9 +39,8 @@ def test_two_batches_at_most_are_handed_to_the_writer() -> None:
 async def test_writes_run_one_at_a_time_and_commit_in_order() -> None:
     r = Recorder()
     r.delays = {1: 0.05, 2: 0.0, 3: 0.02}
-    for n in (1, 2, 3):
-        r.pipeline.submit(n)
-    await asyncio.gather(*(w.task for w in r.pipeline.writes))
+    writes = [r.pipeline.submit(n) for n in (1, 2, 3)]
+    await asyncio.gather(*(w.task for w in writes))
     at = {entry: i for i, entry in enumerate(r.log)}
     assert len(at) == 9
     for n in (1, 2):
@@ -56,9 +55,7 @@ async def test_a_batch_given_up_takes_the_batches_behind_it_along() -> None:
     r = Recorder()
     r.delays = {1: 0.02}
     r.give_up = {1}
-    for n in (1, 2, 3):
-        r.pipeline.submit(n)
-    writes = r.pipeline.writes
+    writes = [r.pipeline.submit(n) for n in (1, 2, 3)]
     results = await asyncio.gather(*(w.task for w in writes), return_exceptions=True)
     assert all(isinstance(result, Abandoned) for result in results)
     assert r.log == ["store 1"]  # 2 and 3 never written, nothing committed
@@ -68,10 +65,8 @@ async def test_a_batch_given_up_takes_the_batches_behind_it_along() -> None:
 async def test_a_cancelled_write_gives_up_the_next_one() -> None:
     r = Recorder()
     r.delays = {1: 10}
-    for n in (1, 2):
-        r.pipeline.submit(n)
+    first, second = (r.pipeline.submit(n) for n in (1, 2))
     await asyncio.wait_for(r.first_store_started.wait(), 5)
-    first, second = r.pipeline.writes
     first.task.cancel()
     with pytest.raises(Abandoned):
         await second.task

@@ -1,4 +1,4 @@
-"""Single-object and Confluent framing (SPEC §2.3, §2.4 codes)."""
+"""Single-object and Confluent framing (docs/messages.md#framing, #dead-letter-codes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The schema files (SPEC §2.2) and the schema catalog."""
+"""The schema files (docs/messages.md#schemas) and the schema catalog."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Semantic validation and normalisation of decoded events (SPEC §2.4)."""
+"""Semantic validation and normalisation of decoded events (docs/messages.md#validation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The audit HTTP API: Canvas's two Course Audit log endpoints over the store (SPEC §4)."""
+"""The audit HTTP API: Canvas's two Course Audit log endpoints over the store (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The two Course Audit log endpoints (SPEC §4.1), one handler over two targets, and the
+"""The two Course Audit log endpoints (docs/api.md#endpoints), one handler over two targets, and the
 OpenAPI document."""
 
 from __future__ import annotations

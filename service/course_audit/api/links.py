@@ -1,4 +1,4 @@
-"""Absolute URLs: the base URL of a request and the `Link` header of a page (SPEC §4.4)."""
+"""Absolute URLs: a request's base URL and a page's `Link` header (docs/api.md#link-header)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Query parameters of the audit endpoints (SPEC §4.3) and the opaque page bookmark."""
+"""Query parameters of the audit endpoints (docs/api.md#parameters) and the opaque page bookmark."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The compound document of SPEC §4.5: events, their links, and the linked snapshots."""
+"""The compound document (docs/api.md#response-document): events, links, linked snapshots."""
 
 from __future__ import annotations
 

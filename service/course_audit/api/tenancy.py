@@ -1,10 +1,11 @@
 """Which root account a course or account belongs to, remembered for a short while.
 
-Every API request checks its course or account against the token's root accounts (SPEC §4.2).
-A course's root account never changes, and neither does an account's, so asking the store on
-every request only repeated a round trip. Only known ids are kept: one that appears a moment
-after a 404 is found at once. The TTL bounds how long an id the store forgot (retention
-dropped every event of a course without a snapshot) still answers.
+Every API request checks its course or account against the token's root accounts
+(docs/api.md#tenancy). A course's root account never changes, and neither does an
+account's, so asking the store on every request only repeated a round trip. Only known ids
+are kept: one that appears a moment after a 404 is found at once. The TTL bounds how long an
+id the store forgot (retention dropped every event of a course without a snapshot) still
+answers.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 B = TypeVar("B")
 
 #: Batches handed over and not yet committed: one being stored and the next. With one, the
-#: consumer waited for the store about 15% of the time (docs/performance.md#pipeline-depth).
+#: consumer waited for the store about 15% of the time (docs/performance.md#write-pipeline-depth).
 WRITE_PIPELINE_DEPTH = 2
 
 
@@ -53,17 +53,13 @@ class WritePipeline(Generic[B]):
     def __len__(self) -> int:
         return len(self._writes)
 
-    @property
-    def writes(self) -> tuple[Write, ...]:
-        """The writes in hand, oldest first."""
-        return tuple(self._writes)
-
-    def submit(self, batch: B) -> None:
-        """Start storing `batch` after the batches already submitted."""
+    def submit(self, batch: B) -> Write:
+        """Start storing `batch` after the batches already submitted; its write comes back."""
         previous = self._writes[-1] if self._writes else None
         stored: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self._run(batch, previous, stored))
-        self._writes.append(Write(task, stored))
+        write = Write(asyncio.create_task(self._run(batch, previous, stored)), stored)
+        self._writes.append(write)
+        return write
 
     async def wait_for_room(
         self, room: int, idle: Callable[[], Awaitable[None]], idle_every: float = 0.5

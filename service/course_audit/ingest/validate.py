@@ -1,4 +1,4 @@
-"""A decoded datum -> a validated, normalised Event, or a Rejection (SPEC §2.4)."""
+"""A decoded datum -> a validated, normalised Event or a Rejection (docs/messages.md#validation)."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ _COURSE_IDS = ("id", "account_id", "root_account_id")
 def to_event(
     decoded: Decoded, *, source: Source | None = None, now: datetime | None = None
 ) -> Event | Rejection:
-    """Check a decoded event against SPEC §2.4 and normalise it; `now` bounds created_at.
+    """Check a decoded event against docs/messages.md#validation and normalise it.
 
-    `source` (where the message was read) is carried by the event into the store.
+    `now` bounds created_at; `source` (where the message was read) goes with the event.
     """
     datum = decoded.datum
     event_type = RECORD_EVENT_TYPES.get(decoded.record_name)

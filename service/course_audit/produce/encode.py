@@ -154,7 +154,7 @@ def _millis(value: Any) -> int:
 
 def _change_value(value: Any) -> Any:
     if isinstance(value, (list, dict)):
-        # SPEC §2.2: an array or object value travels as its JSON text.
+        # docs/messages.md#changes: an array or object value travels as its JSON text.
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return value
 

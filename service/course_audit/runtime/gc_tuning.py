@@ -1,4 +1,4 @@
-"""Garbage-collector settings for a consuming process (docs/performance.md#gc-tuning)."""
+"""Garbage-collector settings for a consuming process (docs/performance.md#garbage-collector)."""
 
 from __future__ import annotations
 

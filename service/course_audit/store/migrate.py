@@ -24,6 +24,14 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+#: Checksums of earlier texts of a migration that differ from the shipped one in comments
+#: only: a database migrated with one of them is current. (0001: a comment once cited a
+#: document outside the repository.)
+EARLIER_CHECKSUMS: dict[int, frozenset[str]] = {
+    1: frozenset({"4851d4c3055de4b0b193b23282ddeda461fa95df44f2a829e7b91e3e8fea9810"}),
+}
+
+
 class MigrationError(RuntimeError):
     """The database's migration history does not match the migrations shipped."""
 
@@ -39,6 +47,12 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def matches(self, applied_checksum: str) -> bool:
+        """True when a database that recorded `applied_checksum` has this migration applied."""
+        return applied_checksum == self.checksum or applied_checksum in EARLIER_CHECKSUMS.get(
+            self.version, frozenset()
+        )
 
 
 def load_migrations() -> list[Migration]:
@@ -90,7 +104,7 @@ async def _migrate(conn: Conn) -> list[int]:
         await conn.execute(_CREATE_TABLE)
         applied = await _applied(conn)
         for m in migrations:
-            if m.version in applied and applied[m.version] != m.checksum:
+            if m.version in applied and not m.matches(applied[m.version]):
                 raise MigrationError(
                     f"migration {m.version:04d}_{m.name} changed after it was applied"
                 )

@@ -201,7 +201,7 @@ def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, i
     # The constant inner LIMIT is what lets PostgreSQL reuse one plan: costing `LIMIT $n`
     # without its value, the planner assumes a tenth of the matching rows, which for an
     # account (thousands of events) made every generic plan look dearer than a fresh one,
-    # so each request planned the query again (~0.25 ms of database CPU). Capped at the
+    # so each request planned the query again (docs/performance.md#generic-plan). Capped at the
     # largest page, the generic plan is costed for what it reads and is kept; the outer
     # LIMIT still stops the scan after the rows asked for.
     sql = (

@@ -54,11 +54,9 @@ class IsolatedWrite:
 # The batch arrives as one JSON array, a row per event: [event_id, created_at, event_type,
 # event_source, course, user, page_view, sis_batch_id, related_course, event_data, topic,
 # partition, offset], snapshots as the records themselves. One orjson call builds it; the ids,
-# and the newest snapshot per id, are taken out here rather than in Python, where that work
-# and asyncpg's encoding (COPY rows, unnest arrays) cost the consumer process, the pipeline's
-# bottleneck, about 16 us an event, against about 3 for this. PostgreSQL spends some 10% more
-# (one large jsonb value to parse), on the other core. Measured on 2,000-event batches of the
-# benchmark's stream.
+# and the newest snapshot per id, are taken out here rather than in Python: that moves CPU
+# from the consumer, the pipeline's bottleneck, to PostgreSQL on the other core
+# (docs/performance.md#one-statement-per-batch).
 #
 # Data-modifying CTEs all run to completion, read or not. ORDER BY ord: seq (the API's
 # tie-break) follows the order events were consumed in. DO NOTHING also absorbs duplicates

@@ -1,4 +1,4 @@
-"""Message framings: Avro single-object encoding and the Confluent wire format (SPEC §2.3)."""
+"""Message framings: Avro single-object and the Confluent wire format (docs/messages.md#framing)."""
 
 from __future__ import annotations
 

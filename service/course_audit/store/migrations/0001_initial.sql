@@ -91,7 +91,7 @@ CREATE TABLE api_tokens (
     revoked_at       timestamptz
 );
 
--- Public, read-only interface for analysts and operators (SPEC §3): the tables behind may
+-- Public, read-only interface for analysts and operators (docs/store.md#public-views): the tables behind may
 -- change, these column lists do not.
 CREATE VIEW course_audit_events AS
 SELECT event_id, created_at, event_type, event_source, course_id, account_id, root_account_id,
