@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -39,9 +41,13 @@ def _make(target: str, state: Path, env_file: Path) -> None:
     )
 
 
-async def test_services_twice_then_down(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    env_file = tmp_path / "services.env"
+async def test_services_twice_then_down() -> None:
+    # Not under tmp_path: PostgreSQL runs as the `postgres` user, which must traverse the path
+    # to its data directory (services.py opens it up), and a concurrent pytest session resets
+    # pytest's temporary root to mode 0700 (seen: `pg_ctl stop` failed, "Permission denied").
+    base = Path(tempfile.mkdtemp(prefix="course-audit-make-services-"))
+    state = base / "state"
+    env_file = base / "services.env"
     try:
         _make("services", state, env_file)
         first = env_file.read_text()
@@ -60,4 +66,7 @@ async def test_services_twice_then_down(tmp_path: Path) -> None:
         assert load_local_services().kafka_metadata_ok(port)
     finally:
         _make("services-down", state, env_file)
-    assert _our_processes(state) == {"kafka": 0, "postgres": 0}
+    try:
+        assert _our_processes(state) == {"kafka": 0, "postgres": 0}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
