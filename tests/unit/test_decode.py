@@ -375,22 +375,19 @@ async def test_concurrent_decodes_share_one_request(registry: tuple[FakeRegistry
     assert fake.requests == [1]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_unreachable_registry_gives_up_only_under_a_finite_policy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="course_audit.wire.registry")
-    url = f"http://user:secret@127.0.0.1:{free_port()}"
-    policy = RetryPolicy(initial_delay=0.001, max_delay=0.002, max_attempts=3)
-    async with RegistryClient(url, retry=policy) as client:
-        with pytest.raises(RegistryUnavailable, match="3 attempts"):
-            await Decoder(builtin_catalog(), client).decode(confluent(1, "updated"))
+    # A port bound here and not listening refuses connections, and stays ours (unlike a port
+    # found free and let go, which another process could be listening on by the time it is used).
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        url = f"http://user:secret@127.0.0.1:{refusing.getsockname()[1]}"
+        policy = RetryPolicy(initial_delay=0.001, max_delay=0.002, max_attempts=3)
+        async with RegistryClient(url, retry=policy) as client:
+            with pytest.raises(RegistryUnavailable, match="3 attempts"):
+                await Decoder(builtin_catalog(), client).decode(confluent(1, "updated"))
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert all("secret" not in m for m in messages)
