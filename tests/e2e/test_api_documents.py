@@ -8,6 +8,7 @@ trusted proxy) reads the same store.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,9 +37,10 @@ from test_api_support import (
     wait_stored,
 )
 
-from course_audit.store.tokens import revoke_token
-from pipeline import eventually
+from course_audit.api.auth import TOKEN_TTL_S
+from course_audit.store.tokens import lookup_token, revoke_token
 from service_process import ServiceProcess
+from waits import within
 
 pytestmark = pytest.mark.e2e
 
@@ -266,13 +268,15 @@ async def world(
             log_dir / "serve.log",
         )
         denver_service.start()
-        denver = Api(denver_service.base_url)
+        denver: Api | None = None
         try:
             await denver_service.wait_ready()
+            denver = Api(denver_service.base_url)
             await denver.load_document()
             yield World(s, s.api, data, tokens, denver, denver_service)
         finally:
-            await denver.close()
+            if denver is not None:
+                await denver.close()
             denver_service.stop()
 
 
@@ -455,15 +459,20 @@ async def test_unknown_token(world: World) -> None:
 async def test_revoked_token_stops_working_within_seconds(world: World) -> None:
     token = await world.stack.token("soon revoked", [1])
     assert (await world.api.get(course_path(1001), token=token)).status == 200  # now cached
+    # The service cached the token before it answered; the cache entry is gone TOKEN_TTL_S
+    # after that on the same (system-wide monotonic) clock.
+    cached_by = time.monotonic()
     conn = await asyncpg.connect(world.stack.db_url)
     try:
-        token_id = await conn.fetchval("SELECT max(id) FROM api_tokens")
-        assert await revoke_token(conn, token_id)
+        info = await lookup_token(conn, token)
+        assert info is not None
+        assert await revoke_token(conn, info.id)
     finally:
         await conn.close()
-    reply = await eventually(
-        lambda: world.api.get(course_path(1001), token=token), lambda r: r.status == 401, 5
-    )
+    # A revocation takes effect within TOKEN_TTL_S: the first request after that is refused.
+    await asyncio.sleep(max(0.0, cached_by + TOKEN_TTL_S - time.monotonic()))
+    reply = await world.api.get(course_path(1001), token=token)
+    assert reply.status == 401
     assert reply.json() == REVOKED
     assert reply.headers["WWW-Authenticate"].startswith('Bearer realm="course-audit"')
     assert reply.headers["Cache-Control"] == "no-store"
@@ -728,7 +737,7 @@ async def test_odd_input_never_gets_html_or_a_traceback(world: World) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", world.stack.service.port)
     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
     await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 10)
+    raw = await within(reader.read(), 30, "the answer to a request that is not HTTP")
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
