@@ -155,6 +155,7 @@ class OpenApiChecker:
         content = response.get("content")
         if method == "HEAD":
             assert body == b""
+            self.checked += 1
             return
         assert content, f"{method} {path} {status}: the document describes no body"
         media_type = headers.get("Content-Type", "").split(";")[0].strip()
