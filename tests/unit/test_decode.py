@@ -32,6 +32,7 @@ from course_audit.produce.encode import Encoder, avro_binary, event_from_json, s
 from course_audit.wire.framing import frame_confluent, frame_single_object
 from course_audit.wire.registry import RegistryClient, RegistryUnavailable, RetryPolicy
 from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, SchemaCatalog, builtin_catalog
+from waits import eventually, within
 
 FAST_RETRY = RetryPolicy(initial_delay=0.001, max_delay=0.005, jitter=0.0)
 CREATED_AT_MS = 1714564800123  # 2024-05-01T12:00:00.123Z
@@ -266,13 +267,13 @@ class FakeRegistry:
         self.schemas: dict[int, dict[str, Any]] = {}
         self.failures = 0
         self.requests: list[int] = []
-        self.delay = 0.0
+        self.gate: asyncio.Event | None = None  # when set up, answers wait for it
 
     async def handle(self, request: web.Request) -> web.Response:
         schema_id = int(request.match_info["id"])
         self.requests.append(schema_id)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.failures > 0:
             self.failures -= 1
             return web.Response(status=503, text="registry is warming up")
@@ -365,12 +366,20 @@ async def test_registry_failures_are_retried_and_logged(
 
 async def test_concurrent_decodes_share_one_request(registry: tuple[FakeRegistry, str]) -> None:
     fake, url = registry
-    fake.delay = 0.05
+    fake.gate = asyncio.Event()  # the registry answers only once every decode is waiting
     async with RegistryClient(url, retry=FAST_RETRY) as client:
         decoder = Decoder(builtin_catalog(), client)
-        results = await asyncio.gather(
-            *(decoder.decode(confluent(1, "updated")) for _ in range(10))
-        )
+        decodes = [asyncio.create_task(decoder.decode(confluent(1, "updated"))) for _ in range(10)]
+
+        async def requests_seen() -> int:
+            return len(fake.requests)
+
+        await eventually(requests_seen, lambda n: n >= 1, 5, "the registry to be asked")
+        for _ in range(20):  # every decode gets its turns (loop iterations, not time)
+            await asyncio.sleep(0)
+        assert not any(d.done() for d in decodes)
+        fake.gate.set()
+        results = await within(asyncio.gather(*decodes), 5, "the ten decodes")
     assert all(isinstance(r, Decoded) for r in results)
     assert fake.requests == [1]
 
