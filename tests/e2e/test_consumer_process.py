@@ -220,8 +220,8 @@ async def test_database_outage_pauses_then_resumes_without_loss(
         seen = len(proc.log_lines())
         # Messages keep arriving during the outage; the consumer must stay up for all of it.
         await _produce_all(kafka_bootstrap, topic, stream[half:])
-        # The outage lasts until the consumer has failed to write (and backed off) several
-        # times, past its longest back-off; it stays up and unready throughout.
+        # The outage lasts until the consumer has failed to write (and backed off, for longer
+        # each time) six times; it stays up and unready throughout.
         failures = 6
         deadline = Deadline(60, f"{failures} failed writes logged during the outage")
         while True:
