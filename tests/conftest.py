@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -10,7 +11,29 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+import waits
 from harness import Endpoints, provide_services
+
+
+def _timeout_of(item: pytest.Item) -> float | None:
+    """The pytest-timeout limit of this test: marker, then option, environment, ini file."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    for value in (
+        item.config.getoption("timeout", None),
+        os.environ.get("PYTEST_TIMEOUT"),
+        item.config.getini("timeout"),
+    ):
+        if value not in (None, ""):
+            return float(value)
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Start the test's time budget (see waits.py) as pytest-timeout starts its clock."""
+    waits.start_budget(_timeout_of(item))
 
 
 @pytest.fixture(scope="session")

@@ -85,32 +85,61 @@ def provide_services(env: Mapping[str, str] | None = None) -> Iterator[Endpoints
 @contextlib.contextmanager
 def _containers() -> Iterator[Endpoints]:
     """Apache Kafka (official image, KRaft combined mode) and PostgreSQL in containers."""
+    from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+
+    with PostgresContainer("postgres:16", driver=None) as pg, _kafka_container() as bootstrap:
+        yield Endpoints(bootstrap, pg.get_connection_url(), "testcontainers")
+
+
+@contextlib.contextmanager
+def _kafka_container() -> Iterator[str]:
+    """A Kafka container on a host port picked here (the broker must advertise it).
+
+    The port is free when picked but may be taken before Docker binds it: then the container
+    is started again on another port, as deploy/local/services.py does for local servers.
+    """
     import time
 
     from testcontainers.core.container import DockerContainer  # type: ignore[import-untyped]
-    from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
 
     services = load_local_services()
-    port = services.free_port()
-    # The broker must advertise the host-side port, so bind a known one.
-    kafka = (
-        DockerContainer("apache/kafka:4.1.1")
-        .with_bind_ports(9092, port)
-        .with_env("KAFKA_NODE_ID", "1")
-        .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
-        .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
-        .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://127.0.0.1:{port}")
-        .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
-        .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
-        .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
-        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
-        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
-        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-    )
-    with kafka, PostgresContainer("postgres:16", driver=None) as pg:
-        deadline = time.monotonic() + 120
-        while not services.kafka_metadata_ok(port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("Kafka container did not answer metadata requests")
-            time.sleep(0.5)
-        yield Endpoints(f"127.0.0.1:{port}", pg.get_connection_url(), "testcontainers")
+    for attempt in range(1, services.PORT_ATTEMPTS + 1):
+        port = services.free_port()
+        kafka = (
+            DockerContainer("apache/kafka:4.1.1")
+            .with_bind_ports(9092, port)
+            .with_env("KAFKA_NODE_ID", "1")
+            .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
+            .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
+            .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://127.0.0.1:{port}")
+            .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+            .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
+            .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+            .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+            .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        )
+        try:
+            kafka.start()
+        except Exception as exc:
+            # Docker: "port is already allocated" / "address already in use".
+            with contextlib.suppress(Exception):
+                kafka.stop()
+            if "already allocated" not in str(exc) and "already in use" not in str(exc):
+                raise
+            services.log(f"Kafka container: port {port} taken (attempt {attempt}); another")
+            continue
+        try:
+            deadline = time.monotonic() + 120
+            while not services.kafka_metadata_ok(port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the Kafka container did not answer metadata requests on port {port}"
+                        " within 120 s"
+                    )
+                time.sleep(0.5)
+            yield f"127.0.0.1:{port}"
+        finally:
+            kafka.stop()
+        return
+    raise RuntimeError(f"Kafka container: a port was taken on {services.PORT_ATTEMPTS} attempts")

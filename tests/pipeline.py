@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -20,6 +19,7 @@ from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
 from course_audit.wire.registry import RegistryClient
 from course_audit.wire.schemas import SchemaCatalog
+from waits import within
 
 ENCODER = Encoder()
 
@@ -82,24 +82,9 @@ async def running_ingestor(
     finally:
         ingestor.stop()
         try:
-            async with asyncio.timeout(30):
-                await task
+            await within(task, 30, "the in-process consumer to stop")
         finally:
             await pool.close()
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], check: Callable[[Any], bool], timeout: float = 30
-) -> Any:
-    """Poll `probe` until `check` accepts its value; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await probe()
-        if check(value):
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {value!r}")
 
 
 async def fetchval(db_url: str, sql: str, *args: Any) -> Any:

@@ -1,27 +1,31 @@
-"""Run `course-audit` as its own process in end-to-end tests."""
+"""Run `course-audit` as its own process in end-to-end tests.
+
+The process binds its HTTP port itself (AUDIT_HTTP_PORT=0) and logs the port it got in its
+"http listening" line; the test reads it from there. Nothing here waits a fixed time: every
+wait polls for the log line or health state it is about, with a deadline (see waits.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 
+from waits import Deadline
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "course-audit"
+LISTENING = "http listening"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+Health = tuple[int, dict[str, Any]] | None
 
 
 class ServiceProcess:
@@ -29,18 +33,27 @@ class ServiceProcess:
 
     def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
         self.command = command
-        self.port = free_port()
+        level = env.get("AUDIT_LOG_LEVEL", "INFO").upper()
+        # The port is learnt from an INFO line; a quieter process would never say it.
+        assert level in ("DEBUG", "INFO"), f"AUDIT_LOG_LEVEL={level} would hide the port"
         self.env = {
             **os.environ,
             "AUDIT_HTTP_HOST": "127.0.0.1",
             "AUDIT_LOG_FORMAT": "json",
             "AUDIT_KAFKA_SESSION_TIMEOUT_MS": "6000",
             **env,
-            "AUDIT_HTTP_PORT": str(self.port),
+            "AUDIT_HTTP_PORT": "0",
         }
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._log_start = 0
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._port is not None, "the port is known once `listening()` has returned"
+        return self._port
 
     @property
     def base_url(self) -> str:
@@ -48,6 +61,8 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        # Only what this process writes counts (a log file may be shared across restarts).
+        self._log_start = self._log.tell()
         self.proc = subprocess.Popen(
             [str(CLI), *self.command.split()],
             env=self.env,
@@ -57,10 +72,53 @@ class ServiceProcess:
         )
         return self
 
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    # ------------------------------------------------------------------ the log
 
-    async def health(self) -> tuple[int, dict[str, Any]] | None:
+    def log_text(self) -> str:
+        """Everything this process has written to its log so far."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
+
+    def log_lines(self) -> list[str]:
+        """The complete lines of `log_text()` (a line still being written is left out)."""
+        return self.log_text().split("\n")[:-1]
+
+    def _exited(self) -> int | None:
+        assert self.proc is not None, "start() the process first"
+        return self.proc.poll()
+
+    async def wait_log(
+        self, text: str, timeout: float, *, count: int = 1, after: int = 0
+    ) -> list[str]:
+        """Poll the log until `count` lines after the first `after` lines contain `text`."""
+        deadline = Deadline(timeout, f"{count} log line(s) with {text!r} from `{self.command}`")
+        while True:
+            exited = self._exited()  # before reading: a line written before exit is seen
+            found = [line for line in self.log_lines()[after:] if text in line]
+            if len(found) >= count:
+                return found
+            if exited is not None:
+                raise AssertionError(
+                    f"`{self.command}` exited ({exited}) before logging {text!r}:\n"
+                    f"{self.log_text()[-4000:]}"
+                )
+            if deadline.passed():
+                raise deadline.failure(f"found {len(found)}; log:\n{self.log_text()[-4000:]}")
+            await asyncio.sleep(min(0.05, deadline.left()))
+
+    async def listening(self, timeout: float = 30) -> int:
+        """The port from the process's "http listening" line, once it has logged it."""
+        if self._port is None:
+            marker = f'"msg":"{LISTENING}"'
+            line = (await self.wait_log(marker, timeout))[0]
+            self._port = int(json.loads(line)["port"])
+            assert self._port > 0, line
+        return self._port
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> Health:
         try:
             async with (
                 aiohttp.ClientSession() as session,
@@ -73,16 +131,24 @@ class ServiceProcess:
     async def wait_ready(self, timeout: float = 60) -> None:
         await self.wait_health(lambda h: h is not None and h[0] == 200, timeout, "ready")
 
-    async def wait_health(self, predicate: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited ({self.proc.returncode}):\n{self.log_text()}")
-            if predicate(await self.health()):
+    async def wait_health(
+        self, predicate: Callable[[Health], bool], timeout: float, what: str
+    ) -> None:
+        """Poll /health/ready until `predicate` accepts the answer (None: no answer)."""
+        deadline = Deadline(timeout, f"`{self.command}` to be {what} (GET /health/ready)")
+        await self.listening(deadline.left())
+        while True:
+            exited = self._exited()
+            if exited is not None:
+                raise AssertionError(f"`{self.command}` exited ({exited}):\n{self.log_text()}")
+            answer = await self.health()
+            if predicate(answer):
                 return
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"service not {what} within {timeout}s:\n{self.log_text()[-4000:]}")
+            if deadline.passed():
+                raise deadline.failure(f"last answer: {answer!r}\n{self.log_text()[-4000:]}")
+            await asyncio.sleep(min(0.2, deadline.left()))
+
+    # ------------------------------------------------------------------ stopping
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -93,9 +159,13 @@ class ServiceProcess:
         self.wait(10)
 
     def wait(self, timeout: float = 60) -> int:
+        """Wait for the process to exit; fail naming it if it does not in time."""
         assert self.proc is not None
+        deadline = Deadline(timeout, f"`{self.command}` to exit")
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(deadline.left())
+        except subprocess.TimeoutExpired:
+            raise deadline.failure(self.log_text()[-4000:]) from None
         finally:
             if self._log is not None and self.proc.returncode is not None:
                 self._log.close()
@@ -103,9 +173,15 @@ class ServiceProcess:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not exit; for fixture teardown."""
         if self.proc is None or self.proc.poll() is not None:
+            if self._log is not None:
+                self._log.close()
             return
         self.signal(signal.SIGTERM)
         try:
-            self.wait(30)
+            self.proc.wait(20)
         except subprocess.TimeoutExpired:
-            self.kill()
+            self.proc.kill()
+            self.proc.wait(10)
+        finally:
+            if self._log is not None and self.proc.returncode is not None:
+                self._log.close()

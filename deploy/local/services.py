@@ -4,6 +4,9 @@
 Both run as plain processes on free loopback ports with their data and logs in one
 state directory. Used by `make services`, `make run` and the test fixtures.
 
+A port found free can be taken by another process before ours binds it: a start that fails
+for that reason is retried on new ports (up to PORT_ATTEMPTS times), never given up on.
+
     services.py up   --state-dir DIR [--env-file FILE]   # idempotent: reuses running ones
     services.py down --state-dir DIR                      # stops what `up` started, by pid
     services.py status --state-dir DIR
@@ -38,10 +41,18 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "course
 KAFKA_LIBS = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
 KAFKA_HEAP = os.environ.get("AUDIT_LOCAL_KAFKA_HEAP", "-Xms256m -Xmx768m")
 DB_NAME = "course_audit"
+#: Starts tried (each on new ports) before a port collision is an error.
+PORT_ATTEMPTS = 5
+#: What a server logs when the port it was given is taken (Kafka and PostgreSQL alike).
+PORT_TAKEN = "Address already in use"
 
 
 class ServiceError(RuntimeError):
     pass
+
+
+class PortTaken(ServiceError):
+    """A port picked as free was taken by someone else before the server could bind it."""
 
 
 def log(msg: str) -> None:
@@ -49,6 +60,7 @@ def log(msg: str) -> None:
 
 
 def free_port() -> int:
+    """A loopback port free at this moment (it may be taken before it is used: see PortTaken)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -76,6 +88,23 @@ def read_pid(path: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid_alive(pid) else None
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _logged_since(path: Path, offset: int) -> str:
+    """What was appended to a log file after `offset` (empty if there is no such file)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def wait_port(port: int, deadline: float, what: str, pid: int | None = None) -> None:
@@ -164,6 +193,7 @@ def format_storage(jvm: list[str], cluster_id: str, props: Path) -> None:
          f"--config={props}"],
         capture_output=True,
         text=True,
+        timeout=120,
     )  # fmt: skip
     if fmt.returncode != 0:
         raise ServiceError(f"kafka storage format failed: {fmt.stderr.strip() or fmt.stdout}")
@@ -190,10 +220,19 @@ def start_kafka(state: Path) -> str:
             log(f"Kafka already running (pid {pid}, port {port})")
             return f"127.0.0.1:{port}"
     provision_kafka()
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _start_kafka_on(kdir, free_port(), free_port())
+        except PortTaken as exc:
+            log(f"{exc}; starting again on new ports (attempt {attempt} of {PORT_ATTEMPTS})")
+    raise ServiceError(f"Kafka: a port was taken on each of {PORT_ATTEMPTS} attempts")
+
+
+def _start_kafka_on(kdir: Path, port: int, cport: int) -> str:
+    """Start a new broker (fresh data) on these ports; PortTaken if one was not free."""
     if kdir.exists():
         shutil.rmtree(kdir)
     (kdir / "data").mkdir(parents=True)
-    port, cport = free_port(), free_port()
     props = kdir / "server.properties"
     props.write_text(
         "\n".join(
@@ -246,24 +285,45 @@ def start_kafka(state: Path) -> str:
     )
     jvm = kafka_jvm(kdir / "log4j2.properties")
     format_storage(jvm, new_cluster_id(), props)
-    out = open(kdir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [*jvm, "kafka.Kafka", str(props)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    pid_file.write_text(str(proc.pid))
-    port_file.write_text(str(port))
+    with open(kdir / "stdout.log", "ab") as out:
+        proc = subprocess.Popen(
+            [*jvm, "kafka.Kafka", str(props)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (kdir / "pid").write_text(str(proc.pid))
+    (kdir / "port").write_text(str(port))
     deadline = time.monotonic() + 90
-    wait_port(port, deadline, "Kafka", proc.pid)
-    while not kafka_metadata_ok(port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise ServiceError(f"Kafka did not answer metadata requests; see {kdir}/server.log")
-        time.sleep(0.2)
+    try:
+        # A port taken by another listener may answer a connect: only metadata from a broker
+        # counts, and the broker exiting (say, it could not bind) ends the wait.
+        wait_port(port, deadline, "Kafka", proc.pid)
+        while not kafka_metadata_ok(port):
+            if proc.poll() is not None:
+                raise ServiceError(f"Kafka exited during start-up; see {kdir}/server.log")
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"Kafka did not answer metadata requests within 90 s; see {kdir}/server.log"
+                )
+            time.sleep(0.2)
+    except ServiceError:
+        _kill_group(proc)
+        logs = _logged_since(kdir / "server.log", 0) + _logged_since(kdir / "stdout.log", 0)
+        if PORT_TAKEN in logs:
+            raise PortTaken(f"Kafka could not bind port {port} or {cport}") from None
+        raise
     log(f"Kafka {KAFKA_VERSION} up on 127.0.0.1:{port} (pid {proc.pid}, data {kdir})")
     return f"127.0.0.1:{port}"
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a server started in a session of its own (and what it started) and reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
 
 
 # ----------------------------------------------------------- PostgreSQL
@@ -294,13 +354,37 @@ def as_pg_user(cmd: list[str]) -> list[str]:
     return cmd
 
 
-def _pg_ctl_start(bindir: Path, data: Path, pdir: Path) -> None:
-    subprocess.run(
-        as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(pdir / "server.log"),
-                    "-w", "-t", "60", "start"]),
-        check=True,
+def _pg_ctl_start(bindir: Path, data: Path, pdir: Path, port: int) -> None:
+    """Start the server on `port` (given on its command line); PortTaken if it was taken."""
+    server_log = pdir / "server.log"
+    offset = _log_size(server_log)
+    started = subprocess.run(
+        as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(server_log),
+                    "-o", f"-p {port}", "-w", "-t", "60", "start"]),
         stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=90,
     )  # fmt: skip
+    if started.returncode != 0:
+        if PORT_TAKEN in _logged_since(server_log, offset):
+            raise PortTaken(f"PostgreSQL could not bind port {port}")
+        raise ServiceError(f"PostgreSQL did not start ({started.stderr.strip()}); see {server_log}")
+
+
+def _start_postgres_on_a_free_port(bindir: Path, data: Path, pdir: Path, first: int) -> int:
+    """Start the server on `first`, else on new ports while the one tried was taken."""
+    port = first
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            _pg_ctl_start(bindir, data, pdir, port)
+        except PortTaken as exc:
+            log(f"{exc}; starting again on a new port (attempt {attempt} of {PORT_ATTEMPTS})")
+            port = free_port()
+            continue
+        (pdir / "port").write_text(str(port))
+        return port
+    raise ServiceError(f"PostgreSQL: the port was taken on each of {PORT_ATTEMPTS} attempts")
 
 
 def stop_postgres(state: Path) -> None:
@@ -309,9 +393,10 @@ def stop_postgres(state: Path) -> None:
     if read_pid(data / "postmaster.pid") is not None:
         subprocess.run(
             as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
-                        "stop"]),
+                        "-t", "60", "stop"]),
             check=False,
             stdout=subprocess.DEVNULL,
+            timeout=90,
         )  # fmt: skip
         log("PostgreSQL stopped")
 
@@ -327,9 +412,9 @@ def start_postgres(state: Path) -> str:
         log(f"PostgreSQL already running (pid {pid}, port {port})")
         return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
     if (data / "PG_VERSION").exists() and port_file.exists():
-        # A stopped server from an earlier start: start it again on its own port, data kept.
-        port = int(port_file.read_text())
-        _pg_ctl_start(bindir, data, pdir)
+        # A stopped server from an earlier start: start it again, data kept, on its own port
+        # unless someone else has taken that meanwhile.
+        port = _start_postgres_on_a_free_port(bindir, data, pdir, int(port_file.read_text()))
         log(f"PostgreSQL restarted on 127.0.0.1:{port} (data {data})")
         return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
     if pdir.exists():
@@ -345,28 +430,29 @@ def start_postgres(state: Path) -> str:
             mode = parent.stat().st_mode
             if not mode & 0o001:
                 os.chmod(parent, mode | 0o111)
-    port = free_port()
     subprocess.run(
         as_pg_user([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                     "-E", "UTF8", "--locale=C", "--no-sync"]),
         check=True,
         stdout=subprocess.DEVNULL,
+        timeout=120,
     )  # fmt: skip
     with open(data / "postgresql.conf", "a") as conf:
+        # No port here: each start passes the one it got (see _pg_ctl_start).
         conf.write(
             "\n# course-audit local test server\n"
-            f"port = {port}\nlisten_addresses = '127.0.0.1'\n"
+            "listen_addresses = '127.0.0.1'\n"
             f"unix_socket_directories = '{pdir}'\n"
             "max_connections = 200\nshared_buffers = 256MB\n"
             "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             "max_locks_per_transaction = 256\n"
         )
-    _pg_ctl_start(bindir, data, pdir)
-    port_file.write_text(str(port))
+    port = _start_postgres_on_a_free_port(bindir, data, pdir, free_port())
     subprocess.run(
         as_pg_user([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
                     "postgres", DB_NAME]),
         check=True,
+        timeout=60,
     )  # fmt: skip
     log(f"PostgreSQL up on 127.0.0.1:{port} (data {data})")
     return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
@@ -396,6 +482,11 @@ def down(state: Path) -> None:
             time.sleep(0.1)
         if pid_alive(kpid):
             os.kill(kpid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while pid_alive(kpid):
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"Kafka (pid {kpid}) still alive 30 s after SIGKILL")
+                time.sleep(0.1)
         log("Kafka stopped")
 
 
@@ -428,7 +519,7 @@ def main() -> int:
             down(args.state_dir)
             return 0
         return status(args.state_dir)
-    except (ServiceError, subprocess.CalledProcessError) as exc:
+    except (ServiceError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         log(f"error: {exc}")
         return 1
 

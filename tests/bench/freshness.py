@@ -83,7 +83,6 @@ async def bench_freshness(endpoints: Any, rate: int, seconds: int, log_dir: Path
             "AUDIT_KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap,
             "AUDIT_KAFKA_TOPICS": topic,
             "AUDIT_KAFKA_GROUP_ID": f"bench-{uuid.uuid4().hex[:6]}",
-            "AUDIT_LOG_LEVEL": "WARNING",
         },
         log_dir / "freshness-run.log",
     ).start()

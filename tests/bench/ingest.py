@@ -158,7 +158,6 @@ async def run_service(
         "AUDIT_KAFKA_TOPICS": topic,
         "AUDIT_KAFKA_GROUP_ID": f"bench-{uuid.uuid4().hex[:8]}",
         "AUDIT_BATCH_MAX_RECORDS": str(batch),
-        "AUDIT_LOG_LEVEL": "WARNING",
     }
     proc = ServiceProcess("consume", env, log_dir / f"service-{uuid.uuid4().hex[:6]}.log")
     proc.start()

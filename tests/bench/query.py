@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ from course_audit.retention import month_of
 from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.queries import Cursor
 from course_audit.store.tokens import create_token
-from service_process import ServiceProcess, free_port
+from service_process import ServiceProcess
 
 HERE = Path(__file__).resolve().parent
 COURSES = 5000
@@ -253,6 +254,13 @@ def _loadgen(
     return result
 
 
+def free_port() -> int:
+    """A port free now, for the bare server (bench only; a collision fails the run)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _start_bare(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -333,7 +341,7 @@ async def bench_query(
 
     api = ServiceProcess(
         "serve",
-        {"AUDIT_DATABASE_URL": db, "AUDIT_LOG_LEVEL": "WARNING", "AUDIT_MIGRATE_ON_START": "false"},
+        {"AUDIT_DATABASE_URL": db, "AUDIT_MIGRATE_ON_START": "false"},
         log_dir / "query-api.log",
     ).start()
     bare_port = free_port()

@@ -36,7 +36,10 @@ N_ARRIVALS = 600  # course 3003: walked while new events arrive
 
 
 def course(cid: int) -> dict[str, Any]:
-    return {"id": cid, "account_id": 300, "root_account_id": 1, "name": f"Course {cid}"}
+    # Course 3003 gets new events during a test: it has an account of its own, so that what
+    # the walk of account 300 must return does not depend on whether that test ran first.
+    account = 301 if cid == 3003 else 300
+    return {"id": cid, "account_id": account, "root_account_id": 1, "name": f"Course {cid}"}
 
 
 def crowded(cid: int, n: int, start: datetime, rng: random.Random) -> list[dict[str, Any]]:
@@ -85,12 +88,15 @@ async def walk(
     first_url: str,
     per_page: int,
     between_pages: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
-) -> list[dict[str, Any]]:
-    """Follow only `next` links from `first_url`; return every event seen, in order."""
+) -> tuple[list[dict[str, Any]], int]:
+    """Follow only `next` links from `first_url`; return every event seen, in order, and
+    the number of pages requested."""
     seen: list[dict[str, Any]] = []
+    pages = 0
     url: str | None = first_url
     while url is not None:
         reply = await api.get(url, token=token)
+        pages += 1
         assert reply.status == 200, reply.body
         events = reply.json()["events"]
         links = reply.links()
@@ -103,15 +109,17 @@ async def walk(
         url = links.get("next")
         if url is not None and between_pages is not None:
             await between_pages(seen)
-    return seen
+    return seen, pages
 
 
 @pytest.mark.parametrize("per_page", [1, 7, 100])
 async def test_walk_returns_every_event_once_in_order(paged: Paged, per_page: int) -> None:
-    seen = await walk(paged.api, paged.token, f"{course_path(3001)}?per_page={per_page}", per_page)
+    first = f"{course_path(3001)}?per_page={per_page}"
+    seen, pages = await walk(paged.api, paged.token, first, per_page)
     assert [e["id"] for e in seen] == [e["event_id"] for e in newest_first(paged.main)]
-    pages = -(-N_MAIN // per_page)
-    assert pages > 1
+    # Full pages of per_page events, the last one holding the rest: N_MAIN / per_page pages,
+    # rounded up (no empty page at the end, none missed).
+    assert pages == {1: 2500, 7: 358, 100: 25}[per_page]
 
 
 async def test_walk_with_a_time_window(paged: Paged) -> None:
@@ -122,16 +130,18 @@ async def test_walk_with_a_time_window(paged: Paged) -> None:
         f"{course_path(3001)}?start_time={iso_ms(since).replace('.000', '')}"
         f"&end_time={iso_ms(until).replace('.000', '')}&per_page=33"
     )
-    seen = await walk(paged.api, paged.token, url, 33)
+    seen, pages = await walk(paged.api, paged.token, url, 33)
     assert [e["id"] for e in seen] == [e["event_id"] for e in newest_first(inside)]
     assert len(seen) == 51 * 25
+    assert pages == 39  # 1,275 events: 38 pages of 33 and one of 21
 
 
 async def test_account_walk(paged: Paged) -> None:
-    seen = await walk(paged.api, paged.token, f"{ACCOUNT}300?per_page=100", 100)
+    seen, pages = await walk(paged.api, paged.token, f"{ACCOUNT}300?per_page=100", 100)
     ids = [e["id"] for e in seen]
     assert len(ids) == len(set(ids))
-    assert set(ids) == {e["event_id"] for e in paged.main + paged.noise + paged.arrivals}
+    assert set(ids) == {e["event_id"] for e in paged.main + paged.noise}
+    assert pages == 28  # 2,800 events
     shown = [e["created_at"] for e in seen]
     assert shown == sorted(shown, reverse=True)
 
@@ -167,7 +177,8 @@ async def test_walk_while_new_events_keep_arriving(paged: Paged) -> None:
             if at_of(event) < cursor_at:
                 included.add(event["event_id"])
 
-    seen = await walk(paged.api, paged.token, f"{course_path(3003)}?per_page=7", 7, arrive)
+    seen, walked = await walk(paged.api, paged.token, f"{course_path(3003)}?per_page=7", 7, arrive)
+    assert walked == pages + 1  # `arrive` runs between pages: not after the last one
     assert pages >= 80 and len(produced) > N_ARRIVALS + 40
     ids = [e["id"] for e in seen]
     assert len(ids) == len(set(ids)), "an event came twice"

@@ -29,9 +29,11 @@ from referencing.jsonschema import DRAFT202012
 
 from course_audit.produce.encode import Encoder
 from course_audit.store.tokens import create_token
-from pipeline import eventually
 from service_process import ServiceProcess
+from waits import Deadline, eventually
 
+#: Longest wait for one HTTP answer (a request that hangs fails naming itself).
+REQUEST_TIMEOUT_S = 60
 COURSE = "/api/v1/audit/course/courses/"
 ACCOUNT = "/api/v1/audit/course/accounts/"
 RELATED = ("copied_from", "copied_to", "reset_from", "reset_to")
@@ -153,6 +155,7 @@ class OpenApiChecker:
         content = response.get("content")
         if method == "HEAD":
             assert body == b""
+            self.checked += 1
             return
         assert content, f"{method} {path} {status}: the document describes no body"
         media_type = headers.get("Content-Type", "").split(";")[0].strip()
@@ -198,8 +201,9 @@ class Api:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.session = aiohttp.ClientSession()
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
         self.checker: OpenApiChecker | None = None
+        self.answered = 0  # responses received
 
     async def load_document(self) -> dict[str, Any]:
         reply = await self.get("/openapi.json")
@@ -223,12 +227,22 @@ class Api:
         all_headers = dict(headers or {})
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
-        async with self.session.request(
-            method, url, params=params, headers=all_headers, allow_redirects=False
-        ) as resp:
-            body = await resp.read()
-            reply = Reply(resp.status, resp.headers, body)
-            path = resp.url.raw_path
+        deadline = Deadline(REQUEST_TIMEOUT_S, f"the answer to {method} {url}")
+        try:
+            async with self.session.request(
+                method,
+                url,
+                params=params,
+                headers=all_headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=deadline.left()),
+            ) as resp:
+                body = await resp.read()
+                reply = Reply(resp.status, resp.headers, body)
+                path = resp.url.raw_path
+        except TimeoutError:
+            raise deadline.failure() from None
+        self.answered += 1
         if self.checker is not None:
             self.checker.check(method, _decoded(path), reply.status, reply.headers, body)
         return reply
@@ -374,6 +388,7 @@ async def wait_stored(db_url: str, event_ids: Sequence[str], timeout: float = 90
             ),
             lambda found: found == len(set(event_ids)),
             timeout,
+            f"{len(set(event_ids))} produced events stored",
         )
     finally:
         await conn.close()

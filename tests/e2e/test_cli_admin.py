@@ -15,6 +15,7 @@ import asyncpg
 from course_audit.model import DeadLetter, ErrorCode, Source
 from course_audit.store.tokens import lookup_token
 from course_audit.store.writer import write_dead_letters
+from waits import within
 
 CLI = str(Path(sys.executable).parent / "course-audit")
 
@@ -27,7 +28,7 @@ async def _cli(db_url: str, *args: str) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    out, err = await within(proc.communicate(), 60, f"`course-audit {' '.join(args)}` to exit")
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 

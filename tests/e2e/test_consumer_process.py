@@ -1,22 +1,32 @@
-"""`course-audit consume` as a process: kill -9, a database outage and SIGTERM mid-stream."""
+"""`course-audit consume` as a process: kill -9, a database outage and SIGTERM mid-stream.
+
+"Mid-stream" is made sure of, not hoped for: the test holds a lock that the consumer's writes
+wait for, produces more, sees a write waiting (a batch in hand, not stored), and only then
+kills or stops the process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 from course_audit.produce.sample import World, sample_stream
 from harness import load_local_services
-from pipeline import count_dead, count_events, encode, eventually, fetch, produce
+from pipeline import count_dead, count_events, encode, fetch, produce
 from service_process import ServiceProcess
+from tcp_proxy import Proxy
+from waits import Deadline, eventually
 
 STREAM = 30_000
 
@@ -54,13 +64,46 @@ async def _assert_all_stored_once(db_url: str, stream: list[tuple[bytes, bytes]]
     assert await count_dead(db_url) == 0
 
 
+async def _stored_at_least(db_url: str, n: int, timeout: float) -> None:
+    await eventually(lambda: count_events(db_url), lambda got: got >= n, timeout, f"{n} events")
+
+
+@contextlib.asynccontextmanager
+async def writes_held(db_url: str) -> AsyncIterator[None]:
+    """Until the block ends, no write to `events` gets through (reads still do)."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def write_waiting(db_url: str) -> None:
+    """Wait until a write is seen waiting for a lock: the consumer has a batch in hand."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await eventually(
+            lambda: conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            ),
+            lambda waiting: waiting >= 1,
+            60,
+            "the consumer's next write to wait for the test's lock on events",
+        )
+    finally:
+        await conn.close()
+
+
 async def _restart_and_finish(
     env: dict[str, str], db_url: str, stream: list[tuple[bytes, bytes]], log: Path
 ) -> None:
     """Start the consumer again and check the whole stream ends up stored exactly once."""
     proc = ServiceProcess("consume", env, log).start()
     try:
-        await eventually(lambda: count_events(db_url), lambda n: n >= len(stream), 180)
+        await _stored_at_least(db_url, len(stream), 180)
     finally:
         proc.stop()
     await _assert_all_stored_once(db_url, stream)
@@ -74,16 +117,20 @@ async def test_kill_9_mid_stream_then_restart_stores_everything_once(
     tmp_path: Path,
     stream: list[tuple[bytes, bytes]],
 ) -> None:
-    await _produce_all(kafka_bootstrap, topic, stream)
+    half = len(stream) // 2
+    await _produce_all(kafka_bootstrap, topic, stream[:half])
     env = _env(migrated_db_url, kafka_bootstrap, topic, group_id)
     first = ServiceProcess("consume", env, tmp_path / "first.log").start()
     try:
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n >= STREAM // 4, 120)
-        first.kill()
+        await _stored_at_least(migrated_db_url, STREAM // 4, 120)
+        async with writes_held(migrated_db_url):
+            # More arrives while writes are held, so there is a write to see waiting even if
+            # the first half is all stored by now.
+            await _produce_all(kafka_bootstrap, topic, stream[half:])
+            await write_waiting(migrated_db_url)
+            first.kill()  # mid-stream: a batch in hand, not stored, its offsets uncommitted
     finally:
         first.stop()
-    stored_at_kill = await count_events(migrated_db_url)
-    assert stored_at_kill < STREAM, "the kill should land mid-stream"
 
     await _restart_and_finish(env, migrated_db_url, stream, tmp_path / "second.log")
 
@@ -96,19 +143,29 @@ async def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
     tmp_path: Path,
     stream: list[tuple[bytes, bytes]],
 ) -> None:
-    await _produce_all(kafka_bootstrap, topic, stream)
+    half = len(stream) // 2
+    await _produce_all(kafka_bootstrap, topic, stream[:half])
     env = _env(migrated_db_url, kafka_bootstrap, topic, group_id)
     proc = ServiceProcess("consume", env, tmp_path / "first.log").start()
-    await eventually(lambda: count_events(migrated_db_url), lambda n: n >= STREAM // 4, 120)
-    proc.signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
-    assert "stopping" in proc.log_text()
+    try:
+        await _stored_at_least(migrated_db_url, STREAM // 4, 120)
+        async with writes_held(migrated_db_url):
+            await _produce_all(kafka_bootstrap, topic, stream[half:])
+            await write_waiting(migrated_db_url)
+            seen = len(proc.log_lines())
+            proc.signal(signal.SIGTERM)  # mid-stream: a batch in hand, not stored
+            await proc.wait_log("stopping: finishing the batch in hand", 30, after=seen)
+            # It does finish that batch: it cannot exit while its write waits for the lock.
+            assert proc.proc is not None and proc.proc.poll() is None
+        assert proc.wait(60) == 0
+    finally:
+        proc.stop()
 
     await _restart_and_finish(env, migrated_db_url, stream, tmp_path / "second.log")
 
 
 @pytest.fixture
-def own_postgres() -> Iterator[tuple[object, Path, str]]:
+def own_postgres() -> Iterator[tuple[Any, Path, str]]:
     """A PostgreSQL server of this test's own, so stopping it disturbs no other test."""
     services = load_local_services()
     # Not tmp_path: the postgres user must reach it, and pytest prunes old tmp_path trees.
@@ -121,8 +178,21 @@ def own_postgres() -> Iterator[tuple[object, Path, str]]:
         shutil.rmtree(state, ignore_errors=True)
 
 
+def _via(url: str, port: int) -> str:
+    """`url` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{port}", parts.path, parts.query, ""))
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None, url
+    return parts.hostname, parts.port
+
+
 async def test_database_outage_pauses_then_resumes_without_loss(
-    own_postgres: tuple[object, Path, str],
+    own_postgres: tuple[Any, Path, str],
     kafka_bootstrap: str,
     topic: str,
     group_id: str,
@@ -130,32 +200,52 @@ async def test_database_outage_pauses_then_resumes_without_loss(
     stream: list[tuple[bytes, bytes]],
 ) -> None:
     services, state, db_url = own_postgres
-    env = _env(db_url, kafka_bootstrap, topic, group_id)
-    # Keep the stream flowing slowly enough that the outage lands in the middle of it.
+    # The consumer reaches the server through a proxy whose port stays the test's for the
+    # whole test: the server may come back on another port if its own was taken meanwhile.
+    proxy = await Proxy(*_address(db_url)).start()
+    env = _env(_via(db_url, proxy.port), kafka_bootstrap, topic, group_id)
     proc = ServiceProcess("consume", env, tmp_path / "consume.log").start()
     try:
         await proc.wait_ready()
         half = len(stream) // 2
         await _produce_all(kafka_bootstrap, topic, stream[:half])
-        await eventually(lambda: count_events(db_url), lambda n: n >= 1000, 120)
+        await _stored_at_least(db_url, 1000, 120)
 
-        services.stop_postgres(state)  # type: ignore[attr-defined]
+        await asyncio.to_thread(services.stop_postgres, state)
         await proc.wait_health(
-            lambda h: h is not None and h[0] == 503 and h[1]["database"] is False, 30, "unready"
+            lambda h: h is not None and h[0] == 503 and h[1]["database"] is False,
+            30,
+            "unready for want of its database",
         )
+        seen = len(proc.log_lines())
         # Messages keep arriving during the outage; the consumer must stay up for all of it.
         await _produce_all(kafka_bootstrap, topic, stream[half:])
-        outage_end = time.monotonic() + 20
-        while time.monotonic() < outage_end:
+        # The outage lasts until the consumer has failed to write (and backed off, for longer
+        # each time) six times; it stays up and unready throughout.
+        failures = 6
+        deadline = Deadline(60, f"{failures} failed writes logged during the outage")
+        while True:
             assert proc.proc is not None and proc.proc.poll() is None, proc.log_text()[-3000:]
+            found = [
+                line
+                for line in proc.log_lines()[seen:]
+                if '"msg":"database unavailable, retrying"' in line
+            ]
+            if len(found) >= failures:
+                break
             health = await proc.health()
-            assert health is not None and health[0] == 503
-            await asyncio.sleep(1)  # holding the outage open, not waiting for a result
+            assert health is not None and health[0] == 503, health
+            if deadline.passed():
+                raise deadline.failure(f"found {len(found)}:\n{proc.log_text()[-3000:]}")
+            await asyncio.sleep(min(0.2, deadline.left()))
 
-        services.start_postgres(state)  # type: ignore[attr-defined]
+        db_url = await asyncio.to_thread(services.start_postgres, state)
+        proxy.target = _address(db_url)
         await proc.wait_ready(60)
-        await eventually(lambda: count_events(db_url), lambda n: n >= len(stream), 180)
+        await _stored_at_least(db_url, len(stream), 180)
+        await proc.wait_log("database reachable again; resuming", 30, after=seen)
     finally:
-        proc.stop()
+        # In a thread: the proxy runs on this loop, and the service closes its pool through it.
+        await asyncio.to_thread(proc.stop)
+        await proxy.close()
     await _assert_all_stored_once(db_url, stream)
-    assert "database unavailable, retrying" in proc.log_text()

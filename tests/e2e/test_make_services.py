@@ -32,12 +32,13 @@ def _our_processes(state: Path) -> dict[str, int]:
     return counts
 
 
-def _make(target: str, state: Path, env_file: Path) -> None:
+def _make(target: str, state: Path, env_file: Path, timeout: float) -> None:
+    # The three calls' timeouts (120 + 60 + 60 s) stay within the 300 s per-test timeout.
     subprocess.run(
         ["make", "--no-print-directory", target, f"STATE_DIR={state}", f"ENV_FILE={env_file}"],
         cwd=ROOT,
         check=True,
-        timeout=300,
+        timeout=timeout,
     )
 
 
@@ -49,9 +50,9 @@ async def test_services_twice_then_down() -> None:
     state = base / "state"
     env_file = base / "services.env"
     try:
-        _make("services", state, env_file)
+        _make("services", state, env_file, 120)
         first = env_file.read_text()
-        _make("services", state, env_file)
+        _make("services", state, env_file, 60)
         assert env_file.read_text() == first, "a second start must reuse the running services"
         assert _our_processes(state) == {"kafka": 1, "postgres": 1}
 
@@ -65,7 +66,7 @@ async def test_services_twice_then_down() -> None:
         port = int(env["AUDIT_KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
         assert load_local_services().kafka_metadata_ok(port)
     finally:
-        _make("services-down", state, env_file)
+        _make("services-down", state, env_file, 60)
     try:
         assert _our_processes(state) == {"kafka": 0, "postgres": 0}
     finally:

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from course_audit.produce.sample import World, sample_event
-from pipeline import count_events, encode, eventually, produce
+from pipeline import count_events, encode, produce
 from service_process import ServiceProcess
+from waits import eventually, within
 
 
 async def test_waits_unready_for_migrations_then_consumes(
@@ -28,10 +29,13 @@ async def test_waits_unready_for_migrations_then_consumes(
     }
     proc = ServiceProcess("consume", env, tmp_path / "consume.log").start()
     try:
+        # The line it logs once it has found the schema behind and started waiting: polled
+        # for, not read at the moment readiness happens to say something.
+        await proc.wait_log("waiting for `course-audit migrate`", 60)
+        # Unready meanwhile, for the migrations alone (it does wait: nothing migrates here).
         await proc.wait_health(
             lambda h: h is not None and h[0] == 503 and h[1]["migrations"] is False, 30, "unready"
         )
-        assert "waiting for `course-audit migrate`" in proc.log_text()
 
         migrate = await asyncio.create_subprocess_exec(
             str(Path(sys.executable).parent / "course-audit"),
@@ -39,9 +43,9 @@ async def test_waits_unready_for_migrations_then_consumes(
             env={**proc.env},
             stderr=asyncio.subprocess.PIPE,
         )
-        _, err = await migrate.communicate()
+        _, err = await within(migrate.communicate(), 60, "`course-audit migrate` to finish")
         assert migrate.returncode == 0, err.decode()
         await proc.wait_ready(30)
-        await eventually(lambda: count_events(db_url), lambda n: n == 1, 30)
+        await eventually(lambda: count_events(db_url), lambda n: n == 1, 30, "the event stored")
     finally:
         proc.stop()

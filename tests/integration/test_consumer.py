@@ -20,12 +20,12 @@ from pipeline import (
     count_dead,
     count_events,
     encode,
-    eventually,
     fetch,
     produce,
     running_ingestor,
     settings_for,
 )
+from waits import eventually, within
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -44,6 +44,16 @@ def _one_of_each() -> list[dict[str, Any]]:
     return events
 
 
+async def until_stored(db_url: str, n: int) -> None:
+    """Wait until exactly `n` events are stored."""
+    await eventually(lambda: count_events(db_url), lambda got: got == n, 30, f"{n} events stored")
+
+
+async def until_dead_lettered(db_url: str, n: int) -> None:
+    """Wait until exactly `n` dead letters are stored."""
+    await eventually(lambda: count_dead(db_url), lambda got: got == n, 30, f"{n} dead letters")
+
+
 def _ms(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
 
@@ -59,7 +69,7 @@ async def test_every_event_type_is_stored_with_every_field(
         [str(e["course"]["id"]).encode() for e in events],
     )
     async with running_ingestor(settings_for(migrated_db_url, kafka_bootstrap, topic, group_id)):
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == len(events))
+        await until_stored(migrated_db_url, len(events))
 
     rows = {
         str(r["event_id"]): r
@@ -124,16 +134,18 @@ async def test_duplicates_in_one_batch_across_batches_and_on_replay(
     await produce(kafka_bootstrap, topic, [a, a, b], partition=0)
     settings = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id)
     async with running_ingestor(settings):
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == 2)
+        await until_stored(migrated_db_url, 2)
         # Later deliveries of both, in a new batch.
         await produce(kafka_bootstrap, topic, [b, a], partition=1)
         marker = encode(sample_event(world, "concluded", NOW))
         await produce(kafka_bootstrap, topic, [marker], partition=1)
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == 3)
+        await until_stored(migrated_db_url, 3)
     # Replay the whole topic from offset 0 with a new group: nothing changes.
     replay = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id + "-replay")
     async with running_ingestor(replay) as ingestor:
-        await eventually(lambda: _committed_total(ingestor), lambda n: n == 6)
+        await eventually(
+            lambda: _committed_total(ingestor), lambda n: n == 6, 30, "6 offsets committed"
+        )
     assert await count_events(migrated_db_url) == 3
     assert await count_dead(migrated_db_url) == 0
 
@@ -241,11 +253,11 @@ async def test_poison_messages_become_dead_letters_and_neighbours_are_stored(
     await produce(kafka_bootstrap, topic, values, keys, partition=2)
     settings = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id)
     async with running_ingestor(settings) as ingestor:
-        await eventually(lambda: count_dead(migrated_db_url), lambda n: n == len(poison))
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == good)
+        await until_dead_lettered(migrated_db_url, len(poison))
+        await until_stored(migrated_db_url, good)
         # Still consuming after all that.
         await produce(kafka_bootstrap, topic, [encode(sample_event(world, "published", NOW))])
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == good + 1)
+        await until_stored(migrated_db_url, good + 1)
         assert ingestor.health.subscribed is True
     rows = await fetch(
         migrated_db_url,
@@ -303,8 +315,8 @@ async def test_schema_evolution_and_replay_after_the_schema_is_added(
         migrated_db_url, kafka_bootstrap, topic, group_id, schema_dirs=(known_dir,)
     )
     async with running_ingestor(settings):
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == 1)
-        await eventually(lambda: count_dead(migrated_db_url), lambda n: n == 1)
+        await until_stored(migrated_db_url, 1)
+        await until_dead_lettered(migrated_db_url, 1)
     stored = await fetch(migrated_db_url, "SELECT event_id::text AS id FROM events")
     assert [r["id"] for r in stored] == [d1["event_id"]]
     dead = await fetch(migrated_db_url, "SELECT error_code FROM course_audit_dead_letters")
@@ -340,7 +352,7 @@ async def _cli(db_url: str, *args: str, schema_dirs: list[Path], retention: str 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate()
+    out, err = await within(proc.communicate(), 60, f"`course-audit {' '.join(args)}` to exit")
     assert proc.returncode == 0, err.decode()
     return out.decode() + err.decode()
 
@@ -390,8 +402,8 @@ async def test_confluent_framing_through_a_registry(
         registry = RegistryClient(url, retry=Backoff(first=0.05, cap=0.2))
         try:
             async with running_ingestor(settings, registry):
-                await eventually(lambda: count_events(migrated_db_url), lambda n: n == 13)
-                await eventually(lambda: count_dead(migrated_db_url), lambda n: n == 1)
+                await until_stored(migrated_db_url, 13)
+                await until_dead_lettered(migrated_db_url, 1)
         finally:
             await registry.close()
     finally:
@@ -422,8 +434,8 @@ async def test_retention_old_events_are_dead_lettered_and_expired_partitions_dro
     await produce(kafka_bootstrap, topic, [encode(inside), encode(outside)], partition=0)
     settings = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id, retention_months=14)
     async with running_ingestor(settings):
-        await eventually(lambda: count_events(migrated_db_url), lambda n: n == 1)
-        await eventually(lambda: count_dead(migrated_db_url), lambda n: n == 1)
+        await until_stored(migrated_db_url, 1)
+        await until_dead_lettered(migrated_db_url, 1)
     stored = await fetch(migrated_db_url, "SELECT event_id::text AS id FROM events")
     assert [r["id"] for r in stored] == [inside["event_id"]]
     dead = await fetch(

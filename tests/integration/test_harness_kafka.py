@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from waits import Deadline
 
 
 async def _consume(bootstrap: str, topic: str, group: str, want: int) -> list[bytes]:
@@ -20,11 +20,13 @@ async def _consume(bootstrap: str, topic: str, group: str, want: int) -> list[by
     await consumer.start()
     got: list[bytes] = []
     try:
-        async with asyncio.timeout(30):
-            while len(got) < want:
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    got.extend(r.value for r in records if r.value is not None)
+        deadline = Deadline(30, f"{want} message(s) from {topic} in group {group}")
+        while len(got) < want:
+            if deadline.passed():
+                raise deadline.failure(f"got {len(got)}")
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                got.extend(r.value for r in records if r.value is not None)
         await consumer.commit()
     finally:
         await consumer.stop()

@@ -14,6 +14,7 @@ import pytest
 from course_audit.retention import month_of
 from course_audit.store.migrate import load_migrations, migrate, pending_migrations
 from course_audit.store.partitions import PartitionCache, ensure_partition_for
+from course_audit.store.queries import Cursor, Window, page_args, page_sql
 
 
 @pytest.fixture
@@ -141,13 +142,6 @@ async def test_public_views_refuse_writes(mconn: asyncpg.Connection[Any]) -> Non
 
 # --- the API's keyset queries are index range scans -------------------------------------------
 
-BY_COURSE = """
-SELECT event_id, created_at, seq FROM events
- WHERE course_id = $1 AND (created_at, seq) < ($2, $3) AND created_at BETWEEN $4 AND $5
- ORDER BY created_at DESC, seq DESC LIMIT $6
-"""
-BY_ACCOUNT = BY_COURSE.replace("course_id = $1", "account_id = $1")
-
 
 def _plan_nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
     nodes = [plan]
@@ -183,18 +177,11 @@ async def big_store(mconn: asyncpg.Connection[Any]) -> asyncpg.Connection[Any]:
     return conn
 
 
-@pytest.mark.parametrize(
-    ("sql", "key", "index_part"),
-    [
-        (BY_COURSE, 1007, "course"),
-        (BY_ACCOUNT, 107, "account"),
-    ],
-)
+@pytest.mark.parametrize(("column", "key"), [("course_id", 1007), ("account_id", 107)])
 async def test_keyset_queries_use_the_order_index(
-    big_store: asyncpg.Connection[Any], sql: str, key: int, index_part: str
+    big_store: asyncpg.Connection[Any], column: str, key: int
 ) -> None:
     conn = big_store
-    column = "course_id" if index_part == "course" else "account_id"
     # The last event of a page that ended between two twins (same key, same created_at).
     bookmark = await conn.fetchrow(
         f"SELECT created_at, seq FROM events WHERE {column} = $1 AND created_at < '2026-11-20'"
@@ -204,7 +191,12 @@ async def test_keyset_queries_use_the_order_index(
     assert bookmark is not None
     start = await conn.fetchval("SELECT '2026-10-05T00:00:00Z'::timestamptz")
     end = await conn.fetchval("SELECT '2026-12-31T00:00:00Z'::timestamptz")
-    args = (key, bookmark["created_at"], bookmark["seq"], start, end, 10)
+    window = Window(since=start, until=end)
+    cursor = Cursor(bookmark["created_at"], bookmark["seq"])
+    # The service's own page query (a time window and a cursor: every clause it can have).
+    sql, n_params = page_sql(column, window, cursor)
+    args = page_args(key, window, cursor, 10)
+    assert len(args) == n_params == 6
 
     custom = await _explain(conn, sql, *args)
     # The generic plan is what a prepared statement ends up with after a few executions.
@@ -218,21 +210,23 @@ async def test_keyset_queries_use_the_order_index(
         assert not any("Sort" in t for t in types), types  # the index gives the order
         scans = [n for n in nodes if n["Node Type"] in ("Index Scan", "Index Only Scan")]
         assert scans, types
-        assert all(f"{index_part}_id_created_at_seq_idx" in n["Index Name"] for n in scans)
+        assert all(n["Index Name"].endswith(f"{column}_created_at_seq_idx") for n in scans)
         assert all("ROW(created_at, seq) <" in n["Index Cond"] for n in scans)
 
-    # And the index answers correctly: the next page after the bookmark, computed in Python.
+    # And the query answers correctly: the next page after the bookmark, computed here from
+    # every event of the key (the window is since <= created_at < until).
     everything = await conn.fetch(
-        f"SELECT event_id, created_at, seq FROM events WHERE {column} = $1", key
+        f"SELECT event_id::text AS event_id, created_at, seq FROM events WHERE {column} = $1",
+        key,
     )
     after = [
-        r
+        (r["event_id"], r["created_at"], r["seq"])
         for r in everything
         if (r["created_at"], r["seq"]) < (bookmark["created_at"], bookmark["seq"])
-        and start <= r["created_at"] <= end
+        and start <= r["created_at"] < end
     ]
-    after.sort(key=lambda r: (r["created_at"], r["seq"]), reverse=True)
+    after.sort(key=lambda r: (r[1], r[2]), reverse=True)
     page = await conn.fetch(sql, *args)
-    assert [tuple(r) for r in page] == [tuple(r) for r in after[:10]]
+    assert [(r["event_id"], r["created_at"], r["seq"]) for r in page] == after[:10]
     assert page[0]["created_at"] == bookmark["created_at"]  # the twin comes next, not skipped
     assert page[0]["seq"] < bookmark["seq"]

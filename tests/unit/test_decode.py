@@ -33,6 +33,7 @@ from course_audit.retry import Backoff
 from course_audit.wire.framing import frame_confluent, frame_single_object
 from course_audit.wire.registry import RegistryClient, RegistryUnavailable
 from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, SchemaCatalog, builtin_catalog
+from waits import eventually, within
 
 FAST_RETRY = Backoff(first=0.001, cap=0.005)
 CREATED_AT_MS = 1714564800123  # 2024-05-01T12:00:00.123Z
@@ -267,13 +268,13 @@ class FakeRegistry:
         self.schemas: dict[int, dict[str, Any]] = {}
         self.failures = 0
         self.requests: list[int] = []
-        self.delay = 0.0
+        self.gate: asyncio.Event | None = None  # when set up, answers wait for it
 
     async def handle(self, request: web.Request) -> web.Response:
         schema_id = int(request.match_info["id"])
         self.requests.append(schema_id)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.failures > 0:
             self.failures -= 1
             return web.Response(status=503, text="registry is warming up")
@@ -366,32 +367,37 @@ async def test_registry_failures_are_retried_and_logged(
 
 async def test_concurrent_decodes_share_one_request(registry: tuple[FakeRegistry, str]) -> None:
     fake, url = registry
-    fake.delay = 0.05
+    fake.gate = asyncio.Event()  # the registry answers only once every decode is waiting
     async with RegistryClient(url, retry=FAST_RETRY) as client:
         decoder = Decoder(builtin_catalog(), client)
-        results = await asyncio.gather(
-            *(decoder.decode(confluent(1, "updated")) for _ in range(10))
-        )
+        decodes = [asyncio.create_task(decoder.decode(confluent(1, "updated"))) for _ in range(10)]
+
+        async def requests_seen() -> int:
+            return len(fake.requests)
+
+        await eventually(requests_seen, lambda n: n >= 1, 5, "the registry to be asked")
+        for _ in range(20):  # every decode gets its turns (loop iterations, not time)
+            await asyncio.sleep(0)
+        assert not any(d.done() for d in decodes)
+        fake.gate.set()
+        results = await within(asyncio.gather(*decodes), 5, "the ten decodes")
     assert all(isinstance(r, Decoded) for r in results)
     assert fake.requests == [1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_unreachable_registry_gives_up_only_under_a_finite_policy(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="course_audit.wire.registry")
-    url = f"http://user:secret@127.0.0.1:{free_port()}"
-    policy = Backoff(first=0.001, cap=0.002, max_attempts=3)
-    async with RegistryClient(url, retry=policy) as client:
-        with pytest.raises(RegistryUnavailable, match="3 attempts"):
-            await Decoder(builtin_catalog(), client).decode(confluent(1, "updated"))
+    # A port bound here and not listening refuses connections, and stays ours (unlike a port
+    # found free and let go, which another process could be listening on by the time it is used).
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        url = f"http://user:secret@127.0.0.1:{refusing.getsockname()[1]}"
+        policy = Backoff(first=0.001, cap=0.002, max_attempts=3)
+        async with RegistryClient(url, retry=policy) as client:
+            with pytest.raises(RegistryUnavailable, match="3 attempts"):
+                await Decoder(builtin_catalog(), client).decode(confluent(1, "updated"))
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert all("secret" not in m for m in messages)

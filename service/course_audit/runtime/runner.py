@@ -142,7 +142,9 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
-    log.info("http listening", extra={"host": settings.http_host, "port": settings.http_port})
+    # The port actually bound: with AUDIT_HTTP_PORT=0 the system picks it.
+    port = runner.addresses[0][1]
+    log.info("http listening", extra={"host": settings.http_host, "port": port})
 
     background: list[asyncio.Task[None]] = []
     pool: asyncpg.Pool | None = None
