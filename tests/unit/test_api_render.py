@@ -238,8 +238,8 @@ def test_snapshot_cache_renders_again_when_the_snapshot_changes() -> None:
 
 def test_snapshot_cache_keeps_kinds_apart_and_is_bounded() -> None:
     cache = SnapshotCache(size=2)
-    course = cache.get(Kind.COURSE, 1, text({"id": 1, "name": "C"}), False)
-    user = cache.get(Kind.USER, 1, text({"id": 1, "name": "U"}), False)
-    assert orjson.dumps([course, user]) == b'[{"id":1,"name":"C"},{"id":1,"name":"U"}]'
-    cache.get(Kind.PAGE_VIEW, "pv", text({"id": "pv"}), False)
+    courses = cache.pick(Kind.COURSE, [1], {1: text({"id": 1, "name": "C"})}, False)
+    users = cache.pick(Kind.USER, [1], {1: text({"id": 1, "name": "U"})}, False)
+    assert orjson.dumps(courses + users) == b'[{"id":1,"name":"C"},{"id":1,"name":"U"}]'
+    cache.pick(Kind.PAGE_VIEW, ["pv"], {"pv": text({"id": "pv"})}, False)
     assert len(cache) == 2

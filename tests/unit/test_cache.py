@@ -55,3 +55,16 @@ def test_a_miss_is_none_and_a_cache_holds_at_least_one_entry() -> None:
     assert cache.get("nothing") is None
     with pytest.raises(ValueError, match="at least one"):
         TtlCache(0)
+
+
+def test_get_many_answers_each_key_in_order_and_drops_the_expired() -> None:
+    cache, now = clocked(ttl_s=2.0)
+    cache.put("a", 1)
+    now[0] = 101.0
+    cache.put("b", 2)
+    now[0] = 102.5  # "a" expired, "b" not
+    assert cache.get_many(["b", "nothing", "a", "b"]) == [2, None, None, 2]
+    assert len(cache) == 1
+    forever, _ = clocked(ttl_s=None)
+    forever.put("x", 9)
+    assert forever.get_many(["x", "y"]) == [9, None]

@@ -124,29 +124,28 @@ class SnapshotCache:
     """
 
     def __init__(self, size: int = SNAPSHOT_CACHE_SIZE) -> None:
-        self._entries: TtlCache[tuple[Kind, Any, bool], tuple[str, orjson.Fragment]] = TtlCache(
-            size
-        )
+        self._entries: TtlCache[tuple[str, Any, bool], tuple[str, orjson.Fragment]] = TtlCache(size)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, kind: Kind, key: Any, text: str, string_ids: bool) -> orjson.Fragment:
-        """The rendered object for snapshot `text` of (`kind`, `key`)."""
-        slot = (kind, key, string_ids)
-        entry = self._entries.get(slot)
-        if entry is not None and entry[0] == text:
-            return entry[1]
-        fragment = orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids))
-        self._entries.put(slot, (text, fragment))
-        return fragment
-
-
-def _pick(
-    cache: SnapshotCache, kind: Kind, linked: Linked, refs: Refs, string_ids: bool
-) -> list[orjson.Fragment]:
-    snapshots = linked.of(kind)
-    return [cache.get(kind, i, snapshots[i], string_ids) for i in refs.of(kind) if i in snapshots]
+    def pick(
+        self, kind: Kind, ids: Sequence[Any], snapshots: dict[Any, str], string_ids: bool
+    ) -> list[orjson.Fragment]:
+        """The rendered objects of `ids` that have a snapshot (`snapshots`: id -> text)."""
+        # Keyed by the kind's plain text (hashing an enum member runs Python code), looked up
+        # all at once: this runs for every linked object of every page.
+        name = kind.value
+        present = [i for i in ids if i in snapshots]
+        slots = [(name, i, string_ids) for i in present]
+        out = []
+        for i, slot, entry in zip(present, slots, self._entries.get_many(slots), strict=True):
+            text = snapshots[i]
+            if entry is None or entry[0] != text:
+                entry = (text, orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids)))
+                self._entries.put(slot, entry)
+            out.append(entry[1])
+        return out
 
 
 def render_document(
@@ -169,9 +168,11 @@ def render_document(
         },
         "events": render_events(events, zone, utc),
         "linked": {
-            "page_views": _pick(snapshots, Kind.PAGE_VIEW, linked, refs, string_ids),
-            "courses": _pick(snapshots, Kind.COURSE, linked, refs, string_ids),
-            "users": _pick(snapshots, Kind.USER, linked, refs, string_ids),
+            "page_views": snapshots.pick(
+                Kind.PAGE_VIEW, refs.page_views, linked.page_views, string_ids
+            ),
+            "courses": snapshots.pick(Kind.COURSE, refs.courses, linked.courses, string_ids),
+            "users": snapshots.pick(Kind.USER, refs.users, linked.users, string_ids),
         },
     }
     return orjson.dumps(document, option=_UTC_OPTIONS if utc else 0)

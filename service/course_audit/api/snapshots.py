@@ -25,6 +25,8 @@ SNAPSHOT_TEXTS_SIZE = 20_000
 #: can never be mistaken for a new one (transaction ids wrap around after 2**32).
 SNAPSHOT_TTL_S = 600.0
 
+_COURSE, _USER, _PAGE_VIEW = Kind.COURSE.value, Kind.USER.value, Kind.PAGE_VIEW.value
+
 
 class SnapshotTexts:
     """Snapshot texts by kind and id, with the row version they were read at."""
@@ -47,20 +49,31 @@ class SnapshotTexts:
         """
         linked = Linked()
         missing = Refs()
-        entries = self._entries
-        for kind, num_id, text_id, version in await snapshot_versions(conn, refs):
-            key = text_id if num_id is None else num_id
-            entry = entries.get((kind, key))
-            if entry is not None and entry[0] == version:
-                linked.of(Kind(kind))[key] = entry[1]
+        # By the kind's text as the query returns it (an enum member would hash in Python).
+        found: dict[str, dict[Any, str]] = {
+            _COURSE: linked.courses,
+            _USER: linked.users,
+            _PAGE_VIEW: linked.page_views,
+        }
+        absent: dict[str, list[Any]] = {
+            _COURSE: missing.courses,
+            _USER: missing.users,
+            _PAGE_VIEW: missing.page_views,
+        }
+        rows = await snapshot_versions(conn, refs)
+        keys = [(kind, text_id if num_id is None else num_id) for kind, num_id, text_id, _ in rows]
+        cached = self._entries.get_many(keys)
+        for (kind, key), row, entry in zip(keys, rows, cached, strict=True):
+            if entry is not None and entry[0] == row[3]:  # the same row version
+                found[kind][key] = entry[1]
             else:
-                missing.of(Kind(kind)).append(key)
+                absent[kind].append(key)
         if missing:
             # A snapshot may have changed again since its version was read: this reads (and
             # shows) the newer one.
-            for row in await snapshot_rows(conn, missing):
-                key = row.text_id if row.num_id is None else row.num_id
-                if row.data is not None:
-                    entries.put((row.kind, key), (row.version, row.data))
-                    linked.of(Kind(row.kind))[key] = row.data
+            for snapshot in await snapshot_rows(conn, missing):
+                key = snapshot.text_id if snapshot.num_id is None else snapshot.num_id
+                if snapshot.data is not None:
+                    self._entries.put((snapshot.kind, key), (snapshot.version, snapshot.data))
+                    found[snapshot.kind][key] = snapshot.data
         return linked

@@ -73,12 +73,6 @@ class Refs:
     users: list[int] = field(default_factory=list)
     page_views: list[str] = field(default_factory=list)
 
-    def of(self, kind: Kind) -> list[int] | list[str]:
-        """The ids of one kind."""
-        if kind is Kind.COURSE:
-            return self.courses
-        return self.users if kind is Kind.USER else self.page_views
-
     def __bool__(self) -> bool:
         return bool(self.courses or self.users or self.page_views)
 
@@ -94,12 +88,6 @@ class Linked:
     courses: dict[int, str] = field(default_factory=dict)
     users: dict[int, str] = field(default_factory=dict)
     page_views: dict[str, str] = field(default_factory=dict)
-
-    def of(self, kind: Kind) -> dict[Any, str]:
-        """The snapshots of one kind, by id."""
-        if kind is Kind.COURSE:
-            return self.courses
-        return self.users if kind is Kind.USER else self.page_views
 
 
 # The snapshot answers for almost every course; the events only for one whose snapshot is
