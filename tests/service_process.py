@@ -133,8 +133,8 @@ class ServiceProcess:
 
     async def wait_health(
         self, predicate: Callable[[Health], bool], timeout: float, what: str
-    ) -> None:
-        """Poll /health/ready until `predicate` accepts the answer (None: no answer)."""
+    ) -> Health:
+        """Poll /health/ready until `predicate` accepts the answer (None: no answer); return it."""
         deadline = Deadline(timeout, f"`{self.command}` to be {what} (GET /health/ready)")
         await self.listening(deadline.left())
         while True:
@@ -143,7 +143,7 @@ class ServiceProcess:
                 raise AssertionError(f"`{self.command}` exited ({exited}):\n{self.log_text()}")
             answer = await self.health()
             if predicate(answer):
-                return
+                return answer
             if deadline.passed():
                 raise deadline.failure(f"last answer: {answer!r}\n{self.log_text()[-4000:]}")
             await asyncio.sleep(min(0.2, deadline.left()))

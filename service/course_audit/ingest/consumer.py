@@ -70,6 +70,8 @@ class Ingestor:
         # Set while revoking or stopping: a batch that cannot be stored then is given up.
         self._give_up = asyncio.Event()
         self._generation = 0
+        #: Whether this member was ever assigned partitions (a supervisor's reset signal).
+        self.joined = False
         self._store = BatchStore(pool, metrics, health, self._give_up, backoff)
         self._pipeline: WritePipeline[Batch] = WritePipeline(self._write, self._commit)
 
@@ -153,7 +155,9 @@ class Ingestor:
         log.info("partitions revoked", extra={"partitions": [str(tp) for tp in revoked]})
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.joined = True
         self.health.subscribed = True
+        self.health.consumer_error = None
         for tp in assigned:
             self.metrics.lag.labels(tp.topic, str(tp.partition))
         log.info("partitions assigned", extra={"partitions": [str(tp) for tp in assigned]})

@@ -63,7 +63,7 @@ class BatchStore:
             except Exception as exc:
                 attempt += 1
                 self.down = True
-                self.health.database_ok = False
+                self.health.writes_failing = True
                 self.metrics.db_errors.inc()
                 delay = self.backoff.delay(attempt)
                 extra = {"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay}
@@ -76,7 +76,7 @@ class BatchStore:
         if self.down:
             log.info("database reachable again; resuming")
         self.down = False
-        self.health.database_ok = True
+        self.health.writes_failing = False
 
     async def close(self) -> None:
         """Give the kept connection back to the pool (or closing the pool would wait for it)."""

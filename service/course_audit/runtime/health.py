@@ -9,19 +9,30 @@ from dataclasses import dataclass
 class Health:
     """Flags each component sets; `ready` is what GET /health/ready reports."""
 
+    #: Whether the database answers (the process checks every second).
     database_ok: bool = False
+    #: Whether the consumer's batch in hand keeps failing to be stored (it is retried).
+    writes_failing: bool = False
     migrations_ok: bool = False
     #: None when this process does not consume; otherwise whether it has joined its group.
     subscribed: bool | None = None
+    #: Why the last consumer failed, until a new one has joined its group (None: it did not).
+    consumer_error: str | None = None
 
     @property
     def ready(self) -> bool:
-        return self.database_ok and self.migrations_ok and self.subscribed is not False
+        return (
+            self.database_ok
+            and not self.writes_failing
+            and self.migrations_ok
+            and self.subscribed is not False
+        )
 
-    def as_dict(self) -> dict[str, bool | None]:
+    def as_dict(self) -> dict[str, bool | str | None]:
         return {
             "ready": self.ready,
-            "database": self.database_ok,
+            "database": self.database_ok and not self.writes_failing,
             "migrations": self.migrations_ok,
             "subscribed": self.subscribed,
+            "consumer_error": self.consumer_error,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -13,7 +14,7 @@ from aiohttp import web
 from course_audit.config import Settings
 from course_audit.ingest.consumer import Ingestor
 from course_audit.ingest.decode import Decoder
-from course_audit.retry import DATABASE_BACKOFF, wait_or_stop
+from course_audit.retry import DATABASE_BACKOFF, Backoff, wait_or_stop
 from course_audit.runtime.gc_tuning import tune_gc
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: How often a process waiting for `course-audit migrate` checks the schema again.
 MIGRATION_POLL_S = 5.0
+#: Between consumers started after a failure (Kafka unreachable, say): soon, then every 30 s.
+CONSUMER_BACKOFF = Backoff(first=1.0, cap=30.0, jitter=0.2)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -110,18 +113,60 @@ async def _maintenance_loop(settings: Settings, pool: asyncpg.Pool) -> None:
             log.warning("partition maintenance failed", extra={"error": str(exc)})
 
 
-async def _watch_database(pool: asyncpg.Pool, health: Health, consuming: bool) -> None:
-    """Keep `database_ok` current for readiness (the consumer also sets it as it writes)."""
+async def _watch_database(pool: asyncpg.Pool, health: Health) -> None:
+    """Keep `database_ok` current for readiness: whether the database answers a query now.
+
+    (A consumer whose writes fail says so itself, in `writes_failing`: the database may
+    answer while a batch still cannot be stored.)
+    """
     while True:
         await asyncio.sleep(1.0)
         try:
             async with pool.acquire(timeout=2) as conn:
                 await conn.fetchval("SELECT 1", timeout=2)
-            ok = True
+            health.database_ok = True
         except Exception:
-            ok = False
-        if not consuming or not ok:
-            health.database_ok = ok
+            health.database_ok = False
+
+
+async def supervise_consumer(
+    make: Callable[[], Ingestor],
+    health: Health,
+    stopping: asyncio.Event,
+    backoff: Backoff = CONSUMER_BACKOFF,
+) -> None:
+    """Run a consumer until `stopping` is set, starting a new one whenever it fails.
+
+    A consumer that cannot reach Kafka, or fails in any other way, never ends the process:
+    in `run` the API goes on serving, and readiness says what is wrong (`consumer_error`)
+    until a new consumer has joined its group.
+    """
+    attempt = 0
+    while True:
+        ingestor = make()
+        task = asyncio.create_task(ingestor.run())
+        stop_wait = asyncio.create_task(stopping.wait())
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            log.info("stopping: finishing the batch in hand")
+            ingestor.stop()
+            await task
+            return
+        stop_wait.cancel()
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return  # it only ends by itself once stopped
+        attempt = 1 if ingestor.joined else attempt + 1
+        delay = backoff.delay(attempt)
+        health.subscribed = False
+        health.consumer_error = f"{type(error).__name__}: {error}"[:500]
+        log.error(
+            "consumer failed; starting a new one",
+            extra={"error": health.consumer_error, "retry_in_s": delay},
+            exc_info=error,
+        )
+        if await wait_or_stop(delay, stopping):
+            return
 
 
 async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = False) -> int:
@@ -154,27 +199,19 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
         # Attached before readiness can turn true, so a ready API never answers 503 for it.
         app[RUNTIME].pool = pool
         await prepare_store(settings, pool, health, stopping)
-        background.append(asyncio.create_task(_watch_database(pool, health, consume)))
+        background.append(asyncio.create_task(_watch_database(pool, health)))
         background.append(asyncio.create_task(_maintenance_loop(settings, pool)))
-        stop_wait = asyncio.create_task(stopping.wait())
         if not consume:
-            await stop_wait
+            await stopping.wait()
             log.info("stopping")
             return 0
         if settings.schema_registry_url:
             registry = RegistryClient(settings.schema_registry_url)
         decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
-        ingestor = Ingestor(settings, pool, decoder, metrics, health)
         tune_gc()  # after start-up, so that what it allocated is frozen out of collections
-        consumer_task = asyncio.create_task(ingestor.run())
-        await asyncio.wait({stop_wait, consumer_task}, return_when=asyncio.FIRST_COMPLETED)
-        if consumer_task.done():
-            stop_wait.cancel()
-            consumer_task.result()  # re-raise what stopped the consumer
-            return 1
-        log.info("stopping: finishing the batch in hand")
-        ingestor.stop()
-        await consumer_task
+        await supervise_consumer(
+            lambda: Ingestor(settings, pool, decoder, metrics, health), health, stopping
+        )
         return 0
     except asyncio.CancelledError:
         return 0
