@@ -9,7 +9,7 @@ STATE_DIR ?= /tmp/course-audit-$(shell id -u)-$(shell pwd | sha1sum | cut -c1-10
 ENV_FILE ?= .services.env
 PYTEST_ARGS ?=
 
-.PHONY: setup provision lint format test test-unit services services-down run bench clean
+.PHONY: setup provision lint format test test-unit test-properties services services-down run bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: setup lint
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# The property-based layer alone, longer and randomised: `make test-properties EXAMPLES=200`.
+EXAMPLES ?= 100
+test-properties: setup
+	AUDIT_PROPERTY_EXAMPLES=$(EXAMPLES) AUDIT_PROPERTY_RANDOM=1 \
+	  $(PY) -m pytest tests/property -p no:cacheprovider -o timeout=0 $(PYTEST_ARGS)
 
 services: setup
 	@$(PY) deploy/local/services.py up --state-dir $(STATE_DIR) --env-file $(ENV_FILE)
