@@ -80,6 +80,8 @@ def batch_bytes(
     crc: int | None = None,
     count: int | None = None,
     last_offset_delta: int | None = None,
+    producer_id: int = -1,
+    transactional: bool = False,
 ) -> bytes:
     """A whole batch; a `bytes` item is put in as an already written record."""
     written = [r if isinstance(r, bytes) else record_bytes(i, r) for i, r in enumerate(records)]
@@ -93,13 +95,13 @@ def batch_bytes(
     after_crc = (
         struct.pack(
             ">hiqqqhii",
-            codec,  # attributes: the codec in the low 3 bits
+            codec | (0x10 if transactional else 0),  # attributes: codec, transactional bit
             delta,
             TIMESTAMP,
             TIMESTAMP + max(n - 1, 0),
-            -1,  # producer id
-            -1,  # producer epoch
-            -1,  # base sequence
+            producer_id,
+            0 if producer_id >= 0 else -1,  # producer epoch
+            0 if producer_id >= 0 else -1,  # base sequence
             n if count is None else count,
         )
         + body
