@@ -19,6 +19,8 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.util import calc_crc32c
 
+from waits import eventually
+
 GZIP, SNAPPY, LZ4, ZSTD = 1, 2, 3, 4
 CODEC_IDS = {"gzip": GZIP, "snappy": SNAPPY, "lz4": LZ4, "zstd": ZSTD}
 COMPRESS = {
@@ -120,23 +122,35 @@ async def _leader_client(bootstrap: str, topic: str, partition: int) -> tuple[AI
     return client, leader
 
 
+#: Produce errors after which nothing was appended and a new leader lookup helps: unknown
+#: topic or partition, leader not available, not the leader (a topic just created).
+RETRIABLE = {3, 5, 6}
+
+
 async def produce_batch(bootstrap: str, topic: str, partition: int, batch: bytes) -> int:
     """Append one batch, exactly these bytes, with a raw Produce request; its base offset."""
-    client, leader = await _leader_client(bootstrap, topic, partition)
-    try:
-        request = ProduceRequest(
-            transactional_id=None,
-            required_acks=-1,
-            timeout=10_000,
-            topics=[(topic, [(partition, batch)])],
-        )
-        response = await client.send(leader, request)
-    finally:
-        await client.close()
-    (_, partitions) = response.topics[0]
-    _, error_code, offset, *_ = partitions[0]
+
+    async def attempt() -> tuple[int, int]:
+        client, leader = await _leader_client(bootstrap, topic, partition)
+        try:
+            request = ProduceRequest(
+                transactional_id=None,
+                required_acks=-1,
+                timeout=10_000,
+                topics=[(topic, [(partition, batch)])],
+            )
+            response = await client.send(leader, request)
+        finally:
+            await client.close()
+        (_, partitions) = response.topics[0]
+        _, error_code, offset, *_ = partitions[0]
+        return int(error_code), int(offset)
+
+    error_code, offset = await eventually(
+        attempt, lambda got: got[0] not in RETRIABLE, 30, f"a leader for {topic}-{partition}"
+    )
     assert error_code == 0, f"the broker refused the batch: error {error_code}"
-    return int(offset)
+    return offset
 
 
 async def fetch_raw(bootstrap: str, topic: str, partition: int, offset: int) -> bytes:

@@ -7,14 +7,21 @@ with a raw Produce request (tests/kafka_batches.py), as a librdkafka producer wo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from course_audit.model import DeadLetter, ErrorCode, Source
 from course_audit.produce.sample import World, sample_event
+from course_audit.store.writer import write_dead_letters
 from kafka_batches import (
     CODEC_IDS,
     ZSTD,
@@ -33,7 +40,7 @@ from pipeline import (
     running_ingestor,
     settings_for,
 )
-from waits import eventually
+from waits import eventually, within
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 BAD_NAME = b"trace-\xff\xfe"  # not UTF-8: Kafka says header names are, the broker does not check
@@ -138,3 +145,56 @@ async def test_header_name_not_utf8_is_a_dead_letter_and_its_neighbours_are_stor
         ["ok", base64.b64encode(b"v1").decode()],
         ["trace-\\xff\\xfe", base64.b64encode(b"v2").decode()],
     ]
+
+
+async def _replay(db_url: str, *args: str) -> str:
+    exe = Path(sys.executable).parent / "course-audit"
+    proc = await asyncio.create_subprocess_exec(
+        str(exe),
+        "dlq",
+        "replay",
+        *args,
+        env={**os.environ, "AUDIT_DATABASE_URL": db_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await within(proc.communicate(), 60, "`course-audit dlq replay` to exit")
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_replay_stores_a_recovered_value_and_leaves_raw_bytes_unreadable(
+    migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str
+) -> None:
+    world = World.build(seed=33, courses=2)
+    value = encode(sample_event(world, "updated", NOW - timedelta(minutes=5)))
+    await produce_batch(
+        kafka_bootstrap, topic, 0, batch_bytes([Rec(value, headers=[(BAD_NAME, b"")])])
+    )
+    settings = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id)
+    async with running_ingestor(settings):
+        await until_counts(migrated_db_url, 0, 1)
+    # A range of a batch that could not be read keeps the batch's raw bytes as its value.
+    raw_batch = batch_bytes([Rec(value)], codec=6, compressed=b"?")
+    conn = await asyncpg.connect(migrated_db_url)
+    try:
+        range_reason = "record batch: its compression codec (6) is unknown; ..."
+        source = Source(topic, 2, 0, None, raw_batch)
+        letter = DeadLetter(source, ErrorCode.UNREADABLE_RECORD, range_reason, NOW)
+        assert await write_dead_letters(conn, [letter]) == 1
+    finally:
+        await conn.close()
+
+    out = await _replay(migrated_db_url, "--code", "unreadable_record")
+    assert "replayed 2: stored 1, still failing 1" in out
+    assert await count_events(migrated_db_url) == 1
+    rows = await fetch(
+        migrated_db_url,
+        'SELECT "partition", error_code, error_message, replayed_at IS NOT NULL AS replayed '
+        'FROM dead_letters ORDER BY "partition"',
+    )
+    assert [(r["partition"], r["error_code"], r["replayed"]) for r in rows] == [
+        (0, "unreadable_record", True),
+        (2, "unreadable_record", False),
+    ]
+    assert rows[1]["error_message"] == range_reason
