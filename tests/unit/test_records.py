@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.consumer import fetcher
-from aiokafka.record import default_records
+from aiokafka.record import default_records, legacy_records
 
 from course_audit.ingest import records
 from course_audit.ingest.records import TolerantRecords, Unreadable, unreadable_letter
@@ -201,7 +201,31 @@ def test_without_the_codec_library_a_batch_is_one_range_not_a_crash(
     monkeypatch.setattr(codec, "cramjam", None)
     got, next_offset = consume(data)
     assert summary(got) == [(2, None, ("unreadable", data), [])]
+    assert list(reasons(got)) == [
+        "record batch: no library for its compression codec (zstd) is installed; nothing could "
+        "be read of offsets 0-2, the raw bytes are kept"
+    ]
     assert next_offset == 3
+
+
+def test_a_failure_of_the_reader_itself_is_one_range_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(raw: bytes) -> None:
+        raise MemoryError("as if")
+
+    monkeypatch.setattr(records, "read_batch", broken)
+    first, second = batch_bytes(GOOD, base_offset=5), batch_bytes([Rec(b"v3")], base_offset=8)
+    got, next_offset = consume(first + second)
+    assert summary(got) == [
+        (7, None, ("unreadable", first), []),
+        (8, None, ("unreadable", second), []),
+    ]
+    assert next(reasons(got)) == (
+        "record batch: reading it failed: MemoryError('as if'); nothing could be read of "
+        "offsets 5-7, the raw bytes are kept"
+    )
+    assert next_offset == 9
 
 
 def test_a_first_batch_longer_than_the_fetch_is_one_range_not_record_too_large() -> None:
@@ -234,6 +258,32 @@ def test_an_unknown_batch_format_is_one_range_and_the_next_batch_is_read() -> No
     (reason,) = reasons(got)
     assert reason.startswith("record batch: its format (magic byte 3) is unknown")
     assert next_offset == 4
+
+
+def _legacy(magic: int) -> bytes:
+    """Two messages in format v0 or v1 (brokers before Kafka 4), as aiokafka writes them."""
+    builder = legacy_records.LegacyRecordBatchBuilder(magic, 0, 1 << 20)
+    builder.append(0, timestamp=None if magic == 0 else 1000, key=b"k", value=b"v0")
+    builder.append(1, timestamp=None if magic == 0 else 1000, key=None, value=b"v1")
+    return bytes(builder.build())
+
+
+@pytest.mark.parametrize("magic", [0, 1])
+def test_legacy_messages_read_as_aiokafka_reads_them(magic: int) -> None:
+    got, next_offset = consume(_legacy(magic))
+    assert summary(got) == [(0, b"k", b"v0", []), (1, None, b"v1", [])]
+    assert next_offset == 2
+
+
+def test_a_damaged_legacy_message_is_one_range_and_the_next_is_read() -> None:
+    data = bytearray(_legacy(1))
+    data[data.index(b"v0")] = ord("V")  # under the message's CRC
+    got, next_offset = consume(bytes(data))
+    assert [(r.offset, type(r.value).__name__) for r in got] == [(0, "Unreadable"), (1, "bytes")]
+    assert next(reasons(got)).startswith(
+        "record batch: legacy message set (magic 1): its CRC does not match its bytes"
+    )
+    assert next_offset == 2
 
 
 def test_a_range_after_the_fetch_offset_is_not_skipped() -> None:

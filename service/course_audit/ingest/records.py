@@ -39,6 +39,8 @@ HEADER = struct.Struct(">qiibIhiqqqhii")
 HEADER_SIZE = HEADER.size  # 61
 #: baseOffset and batchLength: what delimits a batch of any format.
 LOG_OVERHEAD = 12
+#: The shortest v0 message after its length field (crc, magic, attributes, key, value).
+LEGACY_MIN_LENGTH = 14
 MAGIC_AT = 16
 #: The CRC-32C covers everything from the attributes on.
 CRC_FROM = 21
@@ -171,24 +173,30 @@ class TolerantRecords:
         data, pos = self._data, self._pos
         base_offset, length = struct.unpack_from(">qi", data, pos)
         end = pos + LOG_OVERHEAD + length
-        if length < HEADER_SIZE - LOG_OVERHEAD or end > len(data):
-            self._pos = len(data)
-            raw = data[pos:]
-            reason = (
-                f"its length field says {length} bytes, but {len(raw) - LOG_OVERHEAD} arrived"
-                if length >= HEADER_SIZE - LOG_OVERHEAD
-                else f"its length field ({length} bytes) is impossible"
-            )
-            return damaged(base_offset, _last_offset_delta(raw), raw, reason)
-        self._pos = end
-        raw = data[pos:end]
-        magic = raw[MAGIC_AT]
-        if magic == 2:
-            return read_batch(raw)
-        if magic in (0, 1):
-            return _read_legacy(raw, magic, base_offset)
-        why = f"its format (magic byte {magic}) is unknown"
-        return damaged(base_offset, _last_offset_delta(raw), raw, why)
+        magic = data[pos + MAGIC_AT] if pos + MAGIC_AT < len(data) else None
+        legacy = magic in (0, 1)
+        if length < (LEGACY_MIN_LENGTH if legacy else HEADER_SIZE - LOG_OVERHEAD):
+            why = f"its length field ({length} bytes) is impossible"
+        elif end > len(data):
+            arrived = len(data) - pos - LOG_OVERHEAD
+            why = f"its length field says {length} bytes, but {arrived} arrived"
+        else:
+            self._pos = end
+            raw = data[pos:end]
+            try:
+                if magic == 2:
+                    return read_batch(raw)
+                if legacy:
+                    return _read_legacy(raw, magic or 0, base_offset)
+                why = f"its format (magic byte {magic}) is unknown"
+            except Exception as exc:  # a bug here must not stop the consumer either
+                log.exception("record batch unreadable", extra={"base_offset": base_offset})
+                why = f"reading it failed: {exc!r}"
+            return damaged(base_offset, _last_offset_delta(raw), raw, why)
+        # Not delimited: nothing after it in this fetch can be found either.
+        self._pos = len(data)
+        raw = data[pos:]
+        return damaged(base_offset, 0 if legacy else _last_offset_delta(raw), raw, why)
 
 
 def read_batch(raw: bytes) -> Any:
@@ -363,6 +371,8 @@ def _decompress(codec: int, data: bytes) -> bytes:
     name = CODECS.get(codec)
     if name is None:
         raise _Broken(f"its compression codec ({codec}) is unknown")
+    if not getattr(codecs, f"has_{name}")():
+        raise _Broken(f"no library for its compression codec ({name}) is installed")
     decode = {
         1: codecs.gzip_decode,
         2: codecs.snappy_decode,
@@ -404,8 +414,8 @@ def _unreadable(record: Record, why: str) -> Record:
 
 def _read_legacy(raw: bytes, magic: int, base_offset: int) -> Any:
     """A v0/v1 message set (brokers before Kafka 4): aiokafka's reader, or one range."""
-    batch = legacy_records.LegacyRecordBatch(raw, magic)
     try:
+        batch = legacy_records.LegacyRecordBatch(raw, magic)
         if not batch.validate_crc():
             raise ValueError("its CRC does not match its bytes")
         records = list(batch)
