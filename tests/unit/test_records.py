@@ -171,6 +171,20 @@ def test_a_crc_mismatch_keeps_every_record_as_unreadable(reader: str) -> None:
     assert next_offset == 10
 
 
+def test_a_crc_mismatch_names_both_reasons_of_a_record_that_is_unreadable_anyway() -> None:
+    bad = Rec(b"v1", headers=[(BAD_NAME, b"")])
+    data = batch_bytes([GOOD[0], bad], crc=0)
+    got, _ = consume(data)
+    assert summary(got) == [
+        (0, b"k0", ("unreadable", b"v0"), []),
+        (1, None, ("unreadable", b"v1"), [("trace-\\xff\\xfe", b"")]),
+    ]
+    assert list(reasons(got))[1] == (
+        "record batch: its CRC does not match its bytes (damaged in storage); "
+        "record: header 0 name b'trace-\\xff\\xfe' is not UTF-8 (kept with backslash escapes)"
+    )
+
+
 def test_an_unknown_codec_makes_the_batch_one_range_at_its_last_offset(reader: str) -> None:
     data = batch_bytes(GOOD, base_offset=20, codec=5, compressed=b"whatever codec 5 is")
     got, next_offset = consume(data)

@@ -228,10 +228,7 @@ def read_batch(raw: bytes) -> Any:
 def damaged_batch(raw: bytes, why: str) -> Batch:
     """A batch whose bytes cannot be trusted: every record that parses, each as unreadable."""
     base_offset, last_delta = HEADER.unpack_from(raw)[0], max(_last_offset_delta(raw), 0)
-    records = [
-        r if isinstance(r.value, Unreadable) else _unreadable(r, f"record batch: {why}")
-        for r in read_records(raw)
-    ]
+    records = [_unreadable(r, f"record batch: {why}") for r in read_records(raw)]
     return Batch(base_offset, base_offset + last_delta + 1, records)
 
 
@@ -400,8 +397,10 @@ def _range(first: int, last: int, timestamp: int, raw: bytes, why: str) -> Recor
 
 
 def _unreadable(record: Record, why: str) -> Record:
+    """`record` as unreadable for `why` (and for its own reason, if it has one)."""
     value = record.value
-    assert not isinstance(value, Unreadable)
+    if isinstance(value, Unreadable):
+        why, value = f"{why}; {value.reason}", value.value
     return Record(
         record.offset,
         record.timestamp,
