@@ -56,6 +56,9 @@ class ErrorCode(enum.StrEnum):
     BEYOND_RETENTION = "beyond_retention"
     #: The database refused the row itself (isolated from its batch, which was stored).
     STORE_REJECTED = "store_rejected"
+    #: The Kafka record itself could not be read (e.g. a header name that is not UTF-8, a
+    #: damaged batch): kept with whatever bytes could be recovered.
+    UNREADABLE_RECORD = "unreadable_record"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import orjson
 from course_audit.config import Settings
 from course_audit.ingest.admit import Admission
 from course_audit.ingest.decode import Decoder
-from course_audit.model import Event
+from course_audit.model import ErrorCode, Event
 from course_audit.store.dead_letters import (
     StoredDeadLetter,
     list_dead_letters,
@@ -224,9 +224,11 @@ async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
                         await mark_replayed(conn, [row.id])
                     stored += 1
                 else:
-                    await update_dead_letter_error(
-                        conn, row.id, outcome.code, outcome.message, admission.now
-                    )
+                    # An unreadable record keeps its reason: its bytes may be a raw batch.
+                    if row.letter.code is not ErrorCode.UNREADABLE_RECORD:
+                        await update_dead_letter_error(
+                            conn, row.id, outcome.code, outcome.message, admission.now
+                        )
                     still_failing += 1
     finally:
         if registry is not None:

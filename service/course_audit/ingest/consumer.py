@@ -24,6 +24,8 @@ from course_audit.ingest.admit import Admission
 from course_audit.ingest.batch import Batch, dead_letter
 from course_audit.ingest.decode import Decoder
 from course_audit.ingest.pipeline import WRITE_PIPELINE_DEPTH, WritePipeline
+from course_audit.ingest.records import Unreadable, unreadable_letter
+from course_audit.ingest.records import install as install_tolerant_records
 from course_audit.ingest.storing import BatchStore
 from course_audit.model import Event, Source
 from course_audit.retry import DATABASE_BACKOFF, Backoff
@@ -85,6 +87,7 @@ class Ingestor:
     async def run(self) -> None:
         """Consume until stopped."""
         s = self.settings
+        install_tolerant_records()  # a record aiokafka cannot read becomes a dead letter
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap_servers,
             group_id=s.kafka_group_id,
@@ -177,6 +180,9 @@ class Ingestor:
             self.metrics.consumed.labels(topic).inc(len(records))
             for record in records:
                 value = record.value
+                if type(value) is Unreadable:
+                    dead.append(unreadable_letter(topic, partition, record))
+                    continue
                 decoded = decode_sync(value)
                 if decoded is None:
                     decoded = await decoder.decode(value)
