@@ -29,8 +29,11 @@ class RegistryStub:
         #: When set up, answers wait until it is set.
         self.gate: asyncio.Event | None = None
         #: When set, answers wait until this many requests are in flight at once (after that,
-        #: they flow): shows that a client asks concurrently, without timing anything.
+        #: they flow): shows that a client asks concurrently. A client that asks one at a time
+        #: is answered after `open_timeout` seconds (and then without waiting), and the test's
+        #: check of `max_in_flight` fails.
         self.open_at_in_flight: int | None = None
+        self.open_timeout = 5.0
         self.in_flight = 0
         self.max_in_flight = 0
         self._opened = asyncio.Event()
@@ -80,7 +83,10 @@ class RegistryStub:
             if self.open_at_in_flight is not None:
                 if self.in_flight >= self.open_at_in_flight:
                     self._opened.set()
-                await self._opened.wait()
+                try:
+                    await asyncio.wait_for(self._opened.wait(), self.open_timeout)
+                except TimeoutError:
+                    self._opened.set()
             if self.gate is not None:
                 await self.gate.wait()
         finally:

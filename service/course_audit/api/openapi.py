@@ -202,7 +202,7 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Readiness": {
         "type": "object",
-        "required": ["ready", "database", "migrations", "subscribed"],
+        "required": ["ready", "database", "migrations", "subscribed", "registry"],
         "properties": {
             "ready": {"type": "boolean"},
             "database": {"type": "boolean"},
@@ -210,6 +210,10 @@ _SCHEMAS: dict[str, Any] = {
             "subscribed": {
                 "type": ["boolean", "null"],
                 "description": "null when the process does not consume",
+            },
+            "registry": {
+                "type": ["boolean", "null"],
+                "description": "null without a schema registry; false while it is unreachable",
             },
         },
     },
@@ -440,7 +444,8 @@ def _template() -> dict[str, Any]:
             },
             "/health/ready": {
                 "get": _plain(
-                    "Readiness: database reachable, migrations applied, subscribed (consumer)",
+                    "Readiness: database reachable, migrations applied, subscribed and registry "
+                    "reachable (consumer)",
                     {
                         "200": _json("Ready.", _ref("Readiness")),
                         "503": _json("Not ready.", _ref("Readiness")),

@@ -1,4 +1,4 @@
-"""Readiness as seen by the process's parts (database, migrations, Kafka subscription)."""
+"""Readiness as seen by the process's parts (database, migrations, Kafka, schema registry)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ class Health:
     migrations_ok: bool = False
     #: None when this process does not consume; otherwise whether it has joined its group.
     subscribed: bool | None = None
+    #: None without a schema registry; otherwise False while the consumer cannot reach it.
+    registry: bool | None = None
 
     @property
     def ready(self) -> bool:
-        return self.database_ok and self.migrations_ok and self.subscribed is not False
+        return (
+            self.database_ok
+            and self.migrations_ok
+            and self.subscribed is not False
+            and self.registry is not False
+        )
 
     def as_dict(self) -> dict[str, bool | None]:
         return {
@@ -24,4 +31,5 @@ class Health:
             "database": self.database_ok,
             "migrations": self.migrations_ok,
             "subscribed": self.subscribed,
+            "registry": self.registry,
         }
