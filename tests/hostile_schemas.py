@@ -54,9 +54,12 @@ def record(name: str, fields: list[tuple[str, Any]]) -> dict[str, Any]:
     return {"type": "record", "name": name, "fields": [{"name": n, "type": t} for n, t in fields]}
 
 
-def chain(count: int, link: Callable[[str], list[tuple[str, Any]]]) -> dict[str, Any]:
-    """A record whose fields define T0..T{count-1} in turn, each built from the one before."""
-    fields: list[tuple[str, Any]] = [("t0", record("T0", [("a", "long"), ("b", "long")]))]
+def chain(
+    count: int, link: Callable[[str], list[tuple[str, Any]]], first: Any = "long"
+) -> dict[str, Any]:
+    """A record whose fields define T0..T{count-1} in turn, each built from the one before
+    (T0 holds one `first`)."""
+    fields: list[tuple[str, Any]] = [("t0", record("T0", [("a", first)]))]
     for i in range(1, count):
         fields.append((f"t{i}", record(f"T{i}", link(f"T{i - 1}"))))
     return record("Chain", fields)
@@ -159,9 +162,12 @@ HOSTILE: dict[str, tuple[str, bytes, str]] = {
         b"\x02" + b"\x00" * 100,
         f"more than {MAX_VALUE_DEPTH}",
     ),
-    # Each type holds the one before twice: 2^n nodes per value from a short text.
+    # Each type holds the one before twice, down to a null: 2^28 nodes for one byte (the
+    # union's index). Reading it took minutes per message.
     "exponential": (
-        json.dumps(event_with(["null", chain(20, lambda prev: [("x", prev), ("y", prev)])])),
+        json.dumps(
+            event_with(["null", chain(28, lambda prev: [("x", prev), ("y", prev)], "null")])
+        ),
         b"\x02" + b"\x00" * 100,
         f"more than {MAX_VALUE_WORK}",
     ),

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from course_audit.produce.sample import World, sample_event
 from course_audit.retry import Backoff
@@ -150,6 +151,12 @@ async def test_a_registry_outage_longer_than_max_poll_interval_keeps_the_member(
             assigned = consumer.assignment()
             generation = ingestor._generation  # counts the rebalances this member went through
             assert len(assigned) == 3 and ingestor.health.ready
+            member = await eventually(
+                lambda: _members(kafka_bootstrap, group_id),
+                lambda members: len(members) == 1,
+                30,
+                "the member in its group",
+            )
 
             proxy.cut()
             cut_at = time.monotonic()
@@ -178,6 +185,8 @@ async def test_a_registry_outage_longer_than_max_poll_interval_keeps_the_member(
             assert errors is not None and errors >= 3
             assert ingestor.health.registry is False
             assert await count_events(migrated_db_url) == 1
+            # The broker still counts it as the group's member, under the same id.
+            assert await _members(kafka_bootstrap, group_id) == member
 
             proxy.mend()
             await stored(migrated_db_url, 1 + len(outage))
@@ -185,6 +194,7 @@ async def test_a_registry_outage_longer_than_max_poll_interval_keeps_the_member(
             # Never revoked: the member kept its partitions through the outage, and commits.
             assert ingestor._generation == generation
             assert consumer.assignment() == assigned
+            assert await _members(kafka_bootstrap, group_id) == member
             end = await consumer.end_offsets(list(assigned))
             await eventually(
                 lambda: _committed(consumer, assigned),
@@ -195,6 +205,19 @@ async def test_a_registry_outage_longer_than_max_poll_interval_keeps_the_member(
     finally:
         await proxy.close()
     assert await count_dead(migrated_db_url) == 0
+
+
+async def _members(bootstrap: str, group_id: str) -> list[str]:
+    """The member ids the broker has for the group (none when the group is empty)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    (group,) = response.groups
+    members = group[5]  # (error, id, state, protocol type, protocol, members, ...)
+    return sorted(m[0] for m in members)
 
 
 async def _value(value: Any) -> Any:

@@ -270,3 +270,20 @@ async def test_the_schema_caches_stay_within_their_bounds(
         result = await decoder.decode(value)
         assert isinstance(result, Decoded) and result.record_name == name
         assert stub.requests.count(1) == 2
+
+
+def test_a_referenced_file_that_defines_another_name_stops_start_up_naming_it(
+    tmp_path: Path,
+) -> None:
+    # fastavro looked `course_audit.Extra` up again and again (the file defines another name)
+    # until the C stack ran out: the process died at start-up.
+    extra = tmp_path / "course_audit.Extra.avsc"
+    extra.write_text(json.dumps({**record("Other", [("a", "long")]), "namespace": "course_audit"}))
+    (tmp_path / "course_audit.CourseUpdated.avsc").write_text(
+        json.dumps(event_with(["null", "course_audit.Extra"]))
+    )
+    with pytest.raises(
+        SchemaError, match=r"defines course_audit\.Other, not course_audit\.Extra"
+    ) as e:
+        SchemaCatalog([tmp_path])
+    assert str(extra) in str(e.value)

@@ -158,7 +158,10 @@ class Decoder:
         the answers received before that are kept.
         """
         registry = self.registry
-        pending = iter(self.unknown_ids(values))
+        unknown = self.unknown_ids(values)
+        if registry is None or not unknown:
+            return 0
+        pending = iter(unknown)
         count = 0
 
         async def worker() -> None:
@@ -168,9 +171,10 @@ class Decoder:
                 self._remember(schema_id, await registry.fetch(schema_id))
                 count += 1
 
-        if registry is None:
-            return 0
-        workers = [asyncio.ensure_future(worker()) for _ in range(registry.max_concurrent)]
+        workers = [
+            asyncio.ensure_future(worker())
+            for _ in range(min(len(unknown), registry.max_concurrent))
+        ]
         try:
             done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

@@ -97,6 +97,8 @@ class _ChainRepository(AbstractSchemaRepository):
     def __init__(self, dirs: Sequence[Path], inline: dict[str, Any] | None = None) -> None:
         self._dirs = tuple(dirs)
         self._inline = inline or {}
+        #: The name being loaded (a file's own name); any other is a reference to a named type.
+        self.top = ""
 
     def load(self, name: str) -> Any:
         if name in self._inline:
@@ -110,11 +112,31 @@ class _ChainRepository(AbstractSchemaRepository):
                     text = path.read_text(encoding="utf-8")
                 except (OSError, ValueError) as exc:
                     raise SchemaError(f"{path}: not a readable JSON schema: {exc}") from exc
-                return _json(text, str(path))
+                schema = _json(text, str(path))
+                defined = _full_name(schema)
+                if name != self.top and defined != name:
+                    # fastavro would look the reference up again and again, without end.
+                    raise SchemaError(
+                        f"{path}: defines {defined or 'no named type'}, not {name} (the file "
+                        "of a referenced type is named after the type's full name)"
+                    )
+                return schema
         raise SchemaRepositoryError(f"no schema named {name!r}")
 
 
+def _full_name(schema: Any) -> str | None:
+    """The full name a schema's JSON defines at its top, if any."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+        return None
+    name: str = schema["name"]
+    namespace = schema.get("namespace")
+    if "." in name or not isinstance(namespace, str) or not namespace:
+        return name
+    return f"{namespace}.{name}"
+
+
 def _load(name: str, repo: _ChainRepository, source: str) -> tuple[Schema, WriterSchema]:
+    repo.top = name
     try:
         # load_schema inlines each referenced named type at its first use, which is what the
         # Parsing Canonical Form (and so the fingerprint) is defined on.
