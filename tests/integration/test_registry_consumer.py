@@ -6,12 +6,14 @@ max.poll.interval: none of them stops ingestion, and nothing is lost.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from course_audit.produce.sample import World, sample_event
@@ -226,3 +228,96 @@ async def _value(value: Any) -> Any:
 
 async def _committed(consumer: Any, partitions: Any) -> dict[Any, int]:
     return {tp: await consumer.committed(tp) or 0 for tp in partitions}
+
+
+async def test_stopping_while_the_registry_hangs_gives_the_batch_up_uncommitted(
+    migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str, stub: RegistryStub
+) -> None:
+    world = World.build(seed=34, courses=3)
+    stub.gate = asyncio.Event()  # the registry accepts requests and answers none of them
+    values = [confluent(world, "published", PUBLISHED_ID, 10 - i) for i in range(5)]
+    await produce(kafka_bootstrap, topic, values, partition=0)
+    settings = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id, stub.url)
+    # A request would hang for a minute: stopping must not wait for it (the block's end waits
+    # for the consumer to stop, within 30 s).
+    async with (
+        RegistryClient(stub.url, request_timeout=60) as client,
+        running_ingestor(settings, client) as ingestor,
+    ):
+        await eventually(
+            lambda: _value(list(stub.requests)),
+            lambda asked: asked == [PUBLISHED_ID],
+            30,
+            "a fetch",
+        )
+        consumer = ingestor._consumer
+        assert consumer is not None
+    tp = TopicPartition(topic, 0)
+    assert await count_events(migrated_db_url) == 0
+    # The batch was given up, not committed: the next start reads it again.
+    stub.gate.set()
+    async with (
+        RegistryClient(stub.url) as client,
+        running_ingestor(settings, client) as ingestor,
+    ):
+        await stored(migrated_db_url, len(values))
+        consumer = ingestor._consumer
+        assert consumer is not None
+        await eventually(
+            lambda: _committed(consumer, [tp]),
+            lambda committed: committed == {tp: len(values)},
+            30,
+            "the offsets committed",
+        )
+    assert await count_dead(migrated_db_url) == 0
+
+
+async def test_a_rebalance_during_a_registry_outage_hands_the_waiting_batch_over(
+    migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str, stub: RegistryStub
+) -> None:
+    world = World.build(seed=35, courses=3)
+    proxy = await Proxy("127.0.0.1", stub.port).start()
+    cut_off = settings_for(
+        migrated_db_url, kafka_bootstrap, topic, group_id, f"http://127.0.0.1:{proxy.port}"
+    )
+    direct = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id, stub.url)
+    values = [confluent(world, "published", PUBLISHED_ID, 30 - i) for i in range(30)]
+    try:
+        proxy.cut()
+        async with (
+            RegistryClient(cut_off.schema_registry_url or "") as first_client,
+            running_ingestor(
+                cut_off, first_client, registry_backoff=Backoff(first=0.1, cap=0.5)
+            ) as first,
+        ):
+            await produce(kafka_bootstrap, topic, values, [str(i).encode() for i in range(30)])
+            await eventually(
+                lambda: _value(first.health.registry),
+                lambda registry: registry is False,
+                30,
+                "the first member waiting for its registry",
+            )
+            # A second member, whose registry answers, joins: the group rebalances while the
+            # first one waits, and the first one's batch goes to whoever owns it now.
+            async with (
+                RegistryClient(stub.url) as second_client,
+                running_ingestor(direct, second_client) as second,
+            ):
+                await eventually(
+                    lambda: _value(second._consumer and second._consumer.assignment()),
+                    lambda assigned: bool(assigned),
+                    60,
+                    "the second member to get partitions",
+                )
+                # The second member stores what it now owns while the first still waits.
+                await eventually(
+                    lambda: count_events(migrated_db_url), lambda n: n > 0, 60, "some events"
+                )
+                assert first.health.registry is False
+                proxy.mend()
+                await stored(migrated_db_url, len(values))
+    finally:
+        await proxy.close()
+    assert await count_dead(migrated_db_url) == 0
+    rows = await fetch(migrated_db_url, "SELECT count(DISTINCT event_id) AS n FROM events")
+    assert rows[0]["n"] == len(values)

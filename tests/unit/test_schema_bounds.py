@@ -185,6 +185,21 @@ async def test_an_oversized_or_deeply_nested_registry_answer_is_an_invalid_schem
     assert "nests too deep" in deep.message
 
 
+@pytest.mark.parametrize(
+    "answer", [b"<html>maintenance</html>", b'{"error": "no schema here"}', b'["schema"]']
+)
+async def test_a_garbled_registry_answer_is_an_outage_not_a_dead_letter(
+    stub: RegistryStub, answer: bytes
+) -> None:
+    # Most likely a proxy or a wrong URL answering 200: retried, never a verdict on the id.
+    stub.schemas[30] = answer
+    async with RegistryClient(stub.url, retry=FAST_RETRY) as client:
+        decoder = Decoder(builtin_catalog(), client)
+        with pytest.raises(RegistryUnavailable, match="schema id 30"):
+            await decoder.fetch_schemas(confluent_values([30]))
+        assert decoder.unknown_ids(confluent_values([30])) == {30}
+
+
 # --- looking ids up: once, concurrently, within bounds -------------------------------------
 
 
