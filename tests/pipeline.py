@@ -68,13 +68,22 @@ def settings_for(db_url: str, bootstrap: str, topic: str, group: str, **kw: Any)
 
 @contextlib.asynccontextmanager
 async def running_ingestor(
-    settings: Settings, registry: RegistryClient | None = None
+    settings: Settings, registry: RegistryClient | None = None, **options: Any
 ) -> AsyncIterator[Ingestor]:
-    """The real consumer, in this process, until the block ends (then stopped cleanly)."""
+    """The real consumer, in this process, until the block ends (then stopped cleanly).
+
+    `options` go to `Ingestor` (e.g. `registry_backoff`, `max_poll_interval_ms`).
+    """
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
     ingestor = Ingestor(
-        settings, pool, decoder, Metrics(), Health(), backoff=Backoff(first=0.05, cap=0.5)
+        settings,
+        pool,
+        decoder,
+        Metrics(),
+        Health(),
+        backoff=Backoff(first=0.05, cap=0.5),
+        **options,
     )
     task = asyncio.create_task(ingestor.run())
     try:

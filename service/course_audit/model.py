@@ -44,6 +44,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_MAGIC_BYTE = "unknown_magic_byte"
     TRUNCATED_HEADER = "truncated_header"
     UNKNOWN_SCHEMA = "unknown_schema"
+    #: The writer schema is unusable: not Avro JSON, or beyond the schema limits.
+    INVALID_SCHEMA = "invalid_schema"
     NOT_AN_EVENT_TYPE = "not_an_event_type"
     AVRO_DECODE_ERROR = "avro_decode_error"
     INVALID_EVENT_ID = "invalid_event_id"

@@ -360,33 +360,14 @@ async def _cli(db_url: str, *args: str, schema_dirs: list[Path], retention: str 
 async def test_confluent_framing_through_a_registry(
     migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str
 ) -> None:
-    from aiohttp import web
-
     from course_audit.retry import Backoff
     from course_audit.wire.registry import RegistryClient
+    from registry_stub import RegistryStub
 
     ids = {name: 40 + i for i, name in enumerate(EVENT_RECORDS.values())}
-    texts = {i: ENCODER.schema_json(n) for n, i in ids.items()}
-    requests: list[int] = []
-
-    async def by_id(request: web.Request) -> web.Response:
-        schema_id = int(request.match_info["id"])
-        requests.append(schema_id)
-        if schema_id not in texts:
-            return web.json_response(
-                {"error_code": 40403, "message": "Schema not found"}, status=404
-            )
-        return web.json_response({"schema": texts[schema_id]})
-
-    app = web.Application()
-    app.router.add_get("/schemas/ids/{id}", by_id)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{port}"
-    try:
+    async with RegistryStub() as stub:
+        for name, schema_id in ids.items():
+            stub.register(schema_id, ENCODER.schema_json(name))
         world = World.build(seed=9, courses=3)
         events = [sample_event(world, t, NOW - timedelta(minutes=20 - i)) for i, t in
                   enumerate(EVENT_RECORDS)]  # fmt: skip
@@ -397,26 +378,22 @@ async def test_confluent_framing_through_a_registry(
         values.append(b"\x00\x00\x00\x03\xe7" + b"\x02")  # id 999: unknown to the registry
         await produce(kafka_bootstrap, topic, values, partition=1)
         settings = settings_for(
-            migrated_db_url, kafka_bootstrap, topic, group_id, schema_registry_url=url
+            migrated_db_url, kafka_bootstrap, topic, group_id, schema_registry_url=stub.url
         )
-        registry = RegistryClient(url, retry=Backoff(first=0.05, cap=0.2))
-        try:
-            async with running_ingestor(settings, registry):
-                await until_stored(migrated_db_url, 13)
-                await until_dead_lettered(migrated_db_url, 1)
-        finally:
-            await registry.close()
-    finally:
-        await runner.cleanup()
+        async with (
+            RegistryClient(stub.url, retry=Backoff(first=0.05, cap=0.2)) as registry,
+            running_ingestor(settings, registry),
+        ):
+            await until_stored(migrated_db_url, 13)
+            await until_dead_lettered(migrated_db_url, 1)
     ids_seen = {
         r["id"] for r in await fetch(migrated_db_url, "SELECT event_id::text AS id FROM events")
     }
     assert ids_seen == {e["event_id"] for e in events}
     dead = await fetch(migrated_db_url, "SELECT error_code FROM course_audit_dead_letters")
     assert [r["error_code"] for r in dead] == ["unknown_schema"]
-    # Each schema fetched once (cached afterwards), plus the unknown one.
-    assert sorted(set(requests)) == sorted([*ids.values(), 999])
-    assert len([r for r in requests if r != 999]) == 13
+    # Each schema fetched once (cached afterwards), and the unknown one once.
+    assert sorted(stub.requests) == sorted([*ids.values(), 999])
 
 
 async def test_retention_old_events_are_dead_lettered_and_expired_partitions_dropped(

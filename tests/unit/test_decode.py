@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from fastavro.schema import load_schema
 
 from course_audit.ingest.decode import Decoder
@@ -33,6 +31,7 @@ from course_audit.retry import Backoff
 from course_audit.wire.framing import frame_confluent, frame_single_object
 from course_audit.wire.registry import RegistryClient, RegistryUnavailable
 from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, SchemaCatalog, builtin_catalog
+from registry_stub import RegistryStub
 from waits import eventually, within
 
 FAST_RETRY = Backoff(first=0.001, cap=0.005)
@@ -263,47 +262,17 @@ def test_incompatible_writer_schema_is_a_decode_error(tmp_path: Path) -> None:
 # --- Confluent wire format with a registry ------------------------------------------------
 
 
-class FakeRegistry:
-    def __init__(self) -> None:
-        self.schemas: dict[int, dict[str, Any]] = {}
-        self.failures = 0
-        self.requests: list[int] = []
-        self.gate: asyncio.Event | None = None  # when set up, answers wait for it
-
-    async def handle(self, request: web.Request) -> web.Response:
-        schema_id = int(request.match_info["id"])
-        self.requests.append(schema_id)
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.failures > 0:
-            self.failures -= 1
-            return web.Response(status=503, text="registry is warming up")
-        entry = self.schemas.get(schema_id)
-        if entry is None:
-            return web.json_response(
-                {"error_code": 40403, "message": "Schema not found"}, status=404
-            )
-        return web.json_response(entry)
-
-
 @pytest.fixture
-async def registry() -> AsyncIterator[tuple[FakeRegistry, str]]:
-    fake = FakeRegistry()
+async def registry() -> AsyncIterator[tuple[RegistryStub, str]]:
     encoder = Encoder()
-    fake.schemas[1] = {"schema": encoder.schema_json("updated")}
-    # As a registry may hold it: the shared types by name only, not inline.
-    fake.schemas[2] = {"schema": json.dumps(raw("course_audit.CourseCopiedTo"))}
-    fake.schemas[3] = {"schema": json.dumps(raw("course_audit.User"))}
-    fake.schemas[4] = {"schema": "syntax = 'proto3';", "schemaType": "PROTOBUF"}
-    fake.schemas[5] = {"schema": '{"type": "record", "name": "Broken", "fields": 1}'}
-    app = web.Application()
-    app.router.add_get("/schemas/ids/{id}", fake.handle)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield fake, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with RegistryStub() as stub:
+        stub.register(1, encoder.schema_json("updated"))
+        # As a registry may hold it: the shared types by name only, not inline.
+        stub.register(2, raw("course_audit.CourseCopiedTo"))
+        stub.register(3, raw("course_audit.User"))
+        stub.register(4, "syntax = 'proto3';", "PROTOBUF")
+        stub.register(5, '{"type": "record", "name": "Broken", "fields": 1}')
+        yield stub, stub.url
 
 
 def confluent(schema_id: int, event_type: str) -> bytes:
@@ -312,7 +281,7 @@ def confluent(schema_id: int, event_type: str) -> bytes:
 
 
 async def test_confluent_fetches_then_decodes_synchronously(
-    registry: tuple[FakeRegistry, str],
+    registry: tuple[RegistryStub, str],
 ) -> None:
     fake, url = registry
     async with RegistryClient(url, retry=FAST_RETRY) as client:
@@ -329,7 +298,7 @@ async def test_confluent_fetches_then_decodes_synchronously(
         assert isinstance(copied, Decoded) and copied.datum["copied_to"]["id"] == 202
 
 
-async def test_confluent_rejections(registry: tuple[FakeRegistry, str]) -> None:
+async def test_confluent_rejections(registry: tuple[RegistryStub, str]) -> None:
     fake, url = registry
     async with RegistryClient(url, retry=FAST_RETRY) as client:
         decoder = Decoder(builtin_catalog(), client)
@@ -342,7 +311,8 @@ async def test_confluent_rejections(registry: tuple[FakeRegistry, str]) -> None:
             await decoder.decode(b"\x00\x00\x00\x00\x03" + user[10:]), ErrorCode.NOT_AN_EVENT_TYPE
         )
         rejected(await decoder.decode(frame_confluent(4, b"\x00")), ErrorCode.NOT_AN_EVENT_TYPE)
-        rejected(await decoder.decode(frame_confluent(5, b"\x00")), ErrorCode.UNKNOWN_SCHEMA)
+        # Not a usable Avro schema: invalid, not unknown (the registry does know the id).
+        rejected(await decoder.decode(frame_confluent(5, b"\x00")), ErrorCode.INVALID_SCHEMA)
         rejected(await decoder.decode(b"\x00\x00\x00"), ErrorCode.TRUNCATED_HEADER)
         value = confluent(1, "updated")
         rejected(await decoder.decode(value + b"\x00"), ErrorCode.AVRO_DECODE_ERROR)
@@ -350,7 +320,7 @@ async def test_confluent_rejections(registry: tuple[FakeRegistry, str]) -> None:
 
 
 async def test_registry_failures_are_retried_and_logged(
-    registry: tuple[FakeRegistry, str], caplog: pytest.LogCaptureFixture
+    registry: tuple[RegistryStub, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     fake, url = registry
     fake.failures = 2
@@ -365,7 +335,7 @@ async def test_registry_failures_are_retried_and_logged(
     assert "attempt 2" in warnings[1]
 
 
-async def test_concurrent_decodes_share_one_request(registry: tuple[FakeRegistry, str]) -> None:
+async def test_concurrent_decodes_share_one_request(registry: tuple[RegistryStub, str]) -> None:
     fake, url = registry
     fake.gate = asyncio.Event()  # the registry answers only once every decode is waiting
     async with RegistryClient(url, retry=FAST_RETRY) as client:
@@ -430,7 +400,7 @@ def check_never_raises(result: object) -> None:
         assert isinstance(result.code, ErrorCode) and result.message
 
 
-async def test_fuzz_random_bytes_never_raise(registry: tuple[FakeRegistry, str]) -> None:
+async def test_fuzz_random_bytes_never_raise(registry: tuple[RegistryStub, str]) -> None:
     _, url = registry
     rng = random.Random(20240501)
     catalog = builtin_catalog()

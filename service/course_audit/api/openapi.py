@@ -202,7 +202,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Readiness": {
         "type": "object",
-        "required": ["ready", "database", "migrations", "subscribed"],
+        "required": [
+            "ready",
+            "database",
+            "migrations",
+            "subscribed",
+            "consumer_error",
+            "registry",
+        ],
         "properties": {
             "ready": {"type": "boolean"},
             "database": {"type": "boolean"},
@@ -210,6 +217,14 @@ _SCHEMAS: dict[str, Any] = {
             "subscribed": {
                 "type": ["boolean", "null"],
                 "description": "null when the process does not consume",
+            },
+            "consumer_error": {
+                "type": ["string", "null"],
+                "description": "why the last consumer failed, until a new one has joined",
+            },
+            "registry": {
+                "type": ["boolean", "null"],
+                "description": "null without a schema registry; false while it is unreachable",
             },
         },
     },
@@ -440,7 +455,8 @@ def _template() -> dict[str, Any]:
             },
             "/health/ready": {
                 "get": _plain(
-                    "Readiness: database reachable, migrations applied, subscribed (consumer)",
+                    "Readiness: database reachable, migrations applied, subscribed and registry "
+                    "reachable (consumer)",
                     {
                         "200": _json("Ready.", _ref("Readiness")),
                         "503": _json("Not ready.", _ref("Readiness")),

@@ -27,16 +27,19 @@ from course_audit.ingest.pipeline import WRITE_PIPELINE_DEPTH, WritePipeline
 from course_audit.ingest.records import Unreadable, unreadable_letter
 from course_audit.ingest.records import install as install_tolerant_records
 from course_audit.ingest.storing import BatchStore
-from course_audit.model import Event, Source
-from course_audit.retry import DATABASE_BACKOFF, Backoff
+from course_audit.model import Decoded, Event, Rejection, Source
+from course_audit.retry import DATABASE_BACKOFF, REGISTRY_BACKOFF, Backoff
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
+from course_audit.wire.registry import RegistryUnavailable
 
 log = logging.getLogger(__name__)
 
 #: Decoding is synchronous CPU work; yield to the event loop this often so the write in
 #: flight (network I/O) makes progress meanwhile (docs/performance.md#decode-yield).
 DECODE_YIELD_EVERY = 16
+#: While waiting for the schema registry, Kafka is polled (partitions paused) this often.
+REGISTRY_IDLE_POLL_S = 0.5
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -61,12 +64,18 @@ class Ingestor:
         metrics: Metrics,
         health: Health,
         backoff: Backoff = DATABASE_BACKOFF,
+        *,
+        registry_backoff: Backoff = REGISTRY_BACKOFF,
+        max_poll_interval_ms: int = 300_000,
     ) -> None:
         self.settings = settings
         self.decoder = decoder
         self.metrics = metrics
         self.health = health
         self.health.subscribed = False
+        self.health.registry = None if decoder.registry is None else True
+        self._registry_backoff = registry_backoff
+        self._max_poll_interval_ms = max_poll_interval_ms
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         # Set while revoking or stopping: a batch that cannot be stored then is given up.
@@ -100,6 +109,7 @@ class Ingestor:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=max(100, s.kafka_session_timeout_ms // 5),
+            max_poll_interval_ms=self._max_poll_interval_ms,
         )
         self._consumer = consumer
         consumer.subscribe(topics=list(s.kafka_topics), listener=_Rebalance(self))
@@ -138,6 +148,8 @@ class Ingestor:
                 await self._pipeline.finish_done()
                 continue
             batch = await self._decode(fetched)
+            if batch is None:
+                continue  # given up while fetching schemas: it is read again, uncommitted
             await wait_for_room(WRITE_PIPELINE_DEPTH - 1)
             if batch.generation != self._generation:
                 continue  # fetched before a rebalance: the new owner re-reads it
@@ -167,8 +179,10 @@ class Ingestor:
 
     # ------------------------------------------------------------ decoding
 
-    async def _decode(self, fetched: dict[TopicPartition, list[Any]]) -> Batch:
+    async def _decode(self, fetched: dict[TopicPartition, list[Any]]) -> Batch | None:
+        """Decode and admit a fetch; None if it is given up (see `_fetch_schemas`)."""
         batch = Batch(generation=self._generation)
+        whole_batch: list[bytes | None] | None = None
         admission = Admission.at(datetime.now(UTC), self.settings.retention_months)
         admit = admission.admit
         decoder = self.decoder
@@ -185,7 +199,15 @@ class Ingestor:
                     continue
                 decoded = decode_sync(value)
                 if decoded is None:
-                    decoded = await decoder.decode(value)
+                    # A Confluent message with a schema id not known yet: the first one fetches
+                    # every new id of the batch at once, so the others decode at once too.
+                    if whole_batch is None:
+                        whole_batch = [r.value for rs in fetched.values() for r in rs]
+                        decoded = await self._decode_fetching(value, whole_batch, batch.generation)
+                    else:
+                        decoded = await self._decode_fetching(value, [value], batch.generation)
+                    if decoded is None:
+                        return None
                 source = Source(
                     topic, partition, record.offset, record.key, value, tuple(record.headers or ())
                 )
@@ -201,6 +223,84 @@ class Ingestor:
             batch.offsets[tp] = records[-1].offset + 1
             batch.size += len(records)
         return batch
+
+    async def _decode_fetching(
+        self, value: bytes | None, values: list[bytes | None], generation: int
+    ) -> Decoded | Rejection | None:
+        """Fetch the schemas `values` lack, then decode `value`; None if the batch is given up."""
+        while True:
+            if not await self._fetch_schemas(values, generation):
+                return None
+            decoded = self.decoder.decode_sync(value)
+            if decoded is not None:
+                return decoded
+            values = [value]  # its answer was crowded out of the decoder's cache: just this one
+
+    async def _fetch_schemas(self, values: list[bytes | None], generation: int) -> bool:
+        """Fetch the schemas `values` lack, retrying while the registry is unreachable.
+
+        Like a database outage: partitions are paused but polled (the member stays in its
+        group), readiness says `registry: false`, retries back off. False means the batch is
+        given up, uncommitted: the consumer is stopping, or its partitions were revoked.
+        """
+        attempt = 0
+        while True:
+            fetch = asyncio.ensure_future(self.decoder.fetch_schemas(values))
+            if not await self._wait_polling(fetch, generation):
+                return False
+            try:
+                fetch.result()
+            except RegistryUnavailable as exc:
+                attempt += 1
+                self.health.registry = False
+                self.metrics.registry_errors.inc()
+                delay = self._registry_backoff.delay(attempt)
+                log.warning(
+                    "schema registry unavailable, retrying",
+                    extra={"error": str(exc), "retry_in_s": delay},
+                )
+                if not await self._wait_polling(
+                    asyncio.ensure_future(asyncio.sleep(delay)), generation
+                ):
+                    return False
+                continue
+            if self.health.registry is False:
+                log.info("schema registry reachable again; resuming")
+            self.health.registry = True
+            return True
+
+    async def _wait_polling(self, task: asyncio.Future[Any], generation: int) -> bool:
+        """Wait for `task`, polling Kafka with every partition paused meanwhile.
+
+        Returns False, with `task` cancelled, if the consumer stops or the batch's partitions
+        are revoked first.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        paused = False
+        try:
+            while True:
+                await asyncio.wait(
+                    {task, stopping},
+                    timeout=REGISTRY_IDLE_POLL_S,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if self._stopping.is_set() or self._generation != generation:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    return False
+                if task.done():
+                    return True
+                # Polling keeps the member in its group (max.poll.interval) and lets
+                # rebalances run; paused partitions return nothing.
+                consumer.pause(*consumer.assignment())
+                paused = True
+                await consumer.getmany(timeout_ms=0)
+        finally:
+            stopping.cancel()
+            if paused and consumer.paused():
+                consumer.resume(*consumer.paused())
 
     # ------------------------------------------------------------ writing
 

@@ -1,4 +1,4 @@
-"""Readiness as seen by the process's parts (database, migrations, Kafka subscription)."""
+"""Readiness as seen by the process's parts (database, migrations, Kafka, schema registry)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ class Health:
     subscribed: bool | None = None
     #: Why the last consumer failed, until a new one has joined its group (None: it did not).
     consumer_error: str | None = None
+    #: None without a schema registry; otherwise False while the consumer cannot reach it.
+    registry: bool | None = None
 
     @property
     def ready(self) -> bool:
@@ -26,6 +28,7 @@ class Health:
             and not self.writes_failing
             and self.migrations_ok
             and self.subscribed is not False
+            and self.registry is not False
         )
 
     def as_dict(self) -> dict[str, bool | str | None]:
@@ -35,4 +38,5 @@ class Health:
             "migrations": self.migrations_ok,
             "subscribed": self.subscribed,
             "consumer_error": self.consumer_error,
+            "registry": self.registry,
         }

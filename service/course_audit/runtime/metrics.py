@@ -35,6 +35,11 @@ class Metrics:
         self.db_errors = Counter(
             "course_audit_database_errors", "failed database attempts (retried)", registry=r
         )
+        self.registry_errors = Counter(
+            "course_audit_registry_errors",
+            "failed schema registry fetches of the consumer (retried)",
+            registry=r,
+        )
         self.lag = Gauge(
             "course_audit_consumer_lag",
             "messages between the committed offset and the partition's end",

@@ -1,8 +1,13 @@
-"""A small Confluent schema registry client: writer schemas by id, cached, retried."""
+"""A small Confluent schema registry client: writer schemas by id, one request per id at a time.
+
+The client only talks to the registry; what an id resolved to is remembered by the decoder
+(course_audit.ingest.decode), which knows which answers hold for good.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -10,17 +15,19 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from course_audit.cache import TtlCache
 from course_audit.retry import REGISTRY_BACKOFF, Backoff
+from course_audit.wire.schema_bounds import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, json_depth_exceeds
 
 log = logging.getLogger(__name__)
 
-#: Schema ids remembered, found and not found (each): far more than a deployment registers.
-SCHEMA_CACHE_SIZE = 10_000
+#: Requests in flight to the registry at once, per client.
+MAX_CONCURRENT_REQUESTS = 8
+#: Largest answer read from the registry: the schema text, JSON-escaped, plus its envelope.
+MAX_ANSWER_BYTES = 8 * MAX_SCHEMA_CHARS
 
 
 class RegistryUnavailable(Exception):
-    """The registry could not be reached within the retry policy's attempts."""
+    """The registry did not answer usefully (unreachable, timeout, 5xx, a garbled answer)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +37,15 @@ class RegisteredSchema:
     schema_id: int
     text: str  # the schema itself, JSON
     schema_type: str = "AVRO"  # the registry also holds PROTOBUF and JSON schemas
+    #: Why the registry's answer for this id cannot be used at all (e.g. too large), or "".
+    problem: str = ""
 
 
 class RegistryClient:
-    """Fetches writer schemas (`GET {url}/schemas/ids/{id}`) and caches them by id.
+    """Fetches writer schemas with `GET {url}/schemas/ids/{id}`.
 
-    Schema ids are immutable in a Confluent registry, so a found schema is kept until the cache
-    is full; "not found" is kept for `not_found_ttl` seconds so a bad producer cannot flood
-    the registry with the same id.
+    `fetch` makes one attempt; `get_schema` retries per the retry policy. Concurrent calls for
+    one id share one request, and at most `max_concurrent` requests are in flight at once.
     """
 
     def __init__(
@@ -46,19 +54,19 @@ class RegistryClient:
         *,
         retry: Backoff = REGISTRY_BACKOFF,
         request_timeout: float = 10.0,
-        not_found_ttl: float = 30.0,
+        max_concurrent: int = MAX_CONCURRENT_REQUESTS,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._url = URL(url.rstrip("/"))
         # The URL may carry basic-auth credentials; they never go into logs.
         self.display_url = str(self._url.with_user(None))
-        self._retry = retry
+        self.retry = retry
+        self.max_concurrent = max_concurrent
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._session = session
         self._owns_session = session is None
-        self._found: TtlCache[int, RegisteredSchema] = TtlCache(SCHEMA_CACHE_SIZE)
-        self._not_found: TtlCache[int, bool] = TtlCache(SCHEMA_CACHE_SIZE, not_found_ttl)
-        self._inflight: dict[int, asyncio.Task[RegisteredSchema | None]] = {}
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._inflight: dict[int, asyncio.Future[RegisteredSchema | None]] = {}
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -67,73 +75,70 @@ class RegistryClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session if this client opened it."""
+        """Cancel requests in flight; close the HTTP session if this client opened it."""
         for task in list(self._inflight.values()):
             task.cancel()
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
 
-    async def get_schema(self, schema_id: int) -> RegisteredSchema | None:
-        """The writer schema with this id, or None if the registry does not know it.
+    async def fetch(self, schema_id: int) -> RegisteredSchema | None:
+        """The schema with this id, None if the registry does not know it (404).
 
-        Retries connection errors and other failures per the retry policy (by default forever);
-        raises RegistryUnavailable only when a finite policy runs out.
+        One attempt; raises RegistryUnavailable when it fails. Cancelling a caller does not
+        cancel the request other callers wait for.
         """
-        found = self._found.get(schema_id)
-        if found is not None:
-            return found
-        if self._not_found.get(schema_id):
-            return None
         task = self._inflight.get(schema_id)
         if task is None:
-            # One request per id, however many messages wait for it.
-            task = asyncio.ensure_future(self._fetch_with_retry(schema_id))
+            task = asyncio.ensure_future(self._fetch_limited(schema_id))
             self._inflight[schema_id] = task
             task.add_done_callback(lambda done: self._forget(schema_id, done))
         return await asyncio.shield(task)
 
-    def _forget(self, schema_id: int, task: asyncio.Task[RegisteredSchema | None]) -> None:
-        self._inflight.pop(schema_id, None)
-        if not task.cancelled():
-            # Waiters have seen any exception; this only keeps asyncio from warning about it.
-            task.exception()
+    async def get_schema(self, schema_id: int) -> RegisteredSchema | None:
+        """`fetch`, retried per the retry policy (by default for as long as it takes).
 
-    async def _fetch_with_retry(self, schema_id: int) -> RegisteredSchema | None:
+        Raises RegistryUnavailable only when a finite policy runs out.
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
-                found = await self._fetch(schema_id)
-            except _Retryable as exc:
-                if self._retry.gives_up_after(attempt):
-                    raise RegistryUnavailable(
-                        f"schema registry {self.display_url}: schema id {schema_id}: {exc} "
-                        f"(gave up after {attempt} attempts)"
-                    ) from exc
-                delay = self._retry.delay(attempt)
+                return await self.fetch(schema_id)
+            except RegistryUnavailable as exc:
+                if self.retry.gives_up_after(attempt):
+                    raise RegistryUnavailable(f"{exc} (gave up after {attempt} attempts)") from exc
+                delay = self.retry.delay(attempt)
                 log.warning(
-                    "schema registry %s: fetching schema id %d failed (attempt %d): %s; "
-                    "retrying in %.2fs",
-                    self.display_url,
-                    schema_id,
-                    attempt,
+                    "%s (attempt %d); retrying in %.2fs",
                     exc,
+                    attempt,
                     delay,
                 )
                 await asyncio.sleep(delay)
-                continue
-            if found is None:
-                self._not_found.put(schema_id, True)
-            else:
-                self._found.put(schema_id, found)
-            return found
+
+    def _forget(self, schema_id: int, task: asyncio.Future[RegisteredSchema | None]) -> None:
+        if self._inflight.get(schema_id) is task:
+            del self._inflight[schema_id]
+        if not task.cancelled():
+            # Waiters have seen any exception; this only keeps asyncio from warning about it.
+            task.exception()
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
             self._owns_session = True
         return self._session
+
+    async def _fetch_limited(self, schema_id: int) -> RegisteredSchema | None:
+        async with self._slots:
+            try:
+                return await self._fetch(schema_id)
+            except _Unusable as exc:
+                raise RegistryUnavailable(
+                    f"schema registry {self.display_url}: fetching schema id {schema_id} "
+                    f"failed: {exc}"
+                ) from exc
 
     async def _fetch(self, schema_id: int) -> RegisteredSchema | None:
         url = self._url / "schemas" / "ids" / str(schema_id)
@@ -143,18 +148,47 @@ class RegistryClient:
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
-                    body = (await resp.text())[:200]
-                    raise _Retryable(f"HTTP {resp.status}: {body}")
-                payload: Any = await resp.json(content_type=None)
-        except _Retryable:
+                    body = (await resp.content.read(200)).decode("utf-8", "replace")
+                    raise _Unusable(f"HTTP {resp.status}: {body}")
+                body_bytes = await _read_at_most(resp, MAX_ANSWER_BYTES)
+        except _Unusable:
             raise
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+            raise _Unusable(f"{type(exc).__name__}: {exc}") from exc
+        if body_bytes is None:
+            return RegisteredSchema(
+                schema_id,
+                "",
+                problem=f"the registry's answer is larger than {MAX_ANSWER_BYTES} bytes",
+            )
+        text = body_bytes.decode("utf-8", "replace")
+        # The answer is parsed before its schema is checked: it must not nest deeper than a
+        # schema may (the schema itself is a string inside it).
+        if json_depth_exceeds(text, MAX_JSON_DEPTH):
+            return RegisteredSchema(
+                schema_id, "", problem="the registry's answer nests too deep to be read"
+            )
+        try:
+            payload: Any = json.loads(text)
+        except ValueError as exc:
+            raise _Unusable(f"the answer is not JSON: {exc}") from exc
         schema = payload.get("schema") if isinstance(payload, dict) else None
         if not isinstance(schema, str):
-            raise _Retryable("the answer has no 'schema' string")
+            raise _Unusable("the answer has no 'schema' string")
         return RegisteredSchema(schema_id, schema, str(payload.get("schemaType") or "AVRO"))
 
 
-class _Retryable(Exception):
-    """A failed attempt worth retrying (network error, 5xx, unexpected answer)."""
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The response body, or None if it is longer than `limit` bytes (not read further)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+class _Unusable(Exception):
+    """A failed attempt (network error, 5xx, an unexpected answer): worth trying again."""

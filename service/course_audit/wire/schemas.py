@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from fastavro.schema import fingerprint, load_schema, parse_schema, to_parsing_c
 from fastavro.types import Schema
 
 from course_audit.model import EVENT_RECORDS
+from course_audit.wire.schema_bounds import SchemaLimitError, check_structure, check_text
 
 #: The schemas shipped with the service: the current reader schema of every record.
 BUILTIN_SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
@@ -21,10 +23,24 @@ BUILTIN_SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
 _FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
 # Keys that only fastavro's parser adds; they must not leak into a re-parse.
 _PARSER_KEYS = frozenset({"__fastavro_parsed", "__named_schemas"})
+# An Avro full name: only such names are looked up as files (no paths, no "..").
+_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class SchemaError(ValueError):
     """A schema file or schema text that cannot be used (names the source)."""
+
+
+def _json(text: str, source: str) -> Any:
+    """Parse schema text as JSON once it is known to be within the size and depth bounds."""
+    try:
+        check_text(text)
+    except SchemaLimitError as exc:
+        raise SchemaError(f"{source}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SchemaError(f"{source}: not JSON: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +55,8 @@ class WriterSchema:
     decoding: Schema
     #: Where it came from (a file path or a registry id), for messages.
     source: str
+    #: Decode from a buffer that raises at the datum's end (see schema_bounds).
+    strict_reads: bool = False
 
 
 def schema_fingerprint(schema: Schema) -> bytes:
@@ -79,21 +97,46 @@ class _ChainRepository(AbstractSchemaRepository):
     def __init__(self, dirs: Sequence[Path], inline: dict[str, Any] | None = None) -> None:
         self._dirs = tuple(dirs)
         self._inline = inline or {}
+        #: The name being loaded (a file's own name); any other is a reference to a named type.
+        self.top = ""
 
     def load(self, name: str) -> Any:
         if name in self._inline:
             return self._inline[name]
+        if not isinstance(name, str) or not _FULL_NAME.fullmatch(name):
+            raise SchemaRepositoryError(f"no schema named {name!r}")
         for directory in self._dirs:
             path = directory / f"{name}.avsc"
             if path.is_file():
                 try:
-                    return json.loads(path.read_text(encoding="utf-8"))
+                    text = path.read_text(encoding="utf-8")
                 except (OSError, ValueError) as exc:
                     raise SchemaError(f"{path}: not a readable JSON schema: {exc}") from exc
+                schema = _json(text, str(path))
+                defined = _full_name(schema)
+                if name != self.top and defined != name:
+                    # fastavro would look the reference up again and again, without end.
+                    raise SchemaError(
+                        f"{path}: defines {defined or 'no named type'}, not {name} (the file "
+                        "of a referenced type is named after the type's full name)"
+                    )
+                return schema
         raise SchemaRepositoryError(f"no schema named {name!r}")
 
 
+def _full_name(schema: Any) -> str | None:
+    """The full name a schema's JSON defines at its top, if any."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+        return None
+    name: str = schema["name"]
+    namespace = schema.get("namespace")
+    if "." in name or not isinstance(namespace, str) or not namespace:
+        return name
+    return f"{namespace}.{name}"
+
+
 def _load(name: str, repo: _ChainRepository, source: str) -> tuple[Schema, WriterSchema]:
+    repo.top = name
     try:
         # load_schema inlines each referenced named type at its first use, which is what the
         # Parsing Canonical Form (and so the fingerprint) is defined on.
@@ -102,11 +145,19 @@ def _load(name: str, repo: _ChainRepository, source: str) -> tuple[Schema, Write
         raise
     except Exception as exc:  # fastavro raises several unrelated types for bad schemas
         raise SchemaError(f"{source}: not a valid Avro schema: {exc}") from exc
+    try:
+        # Before anything reads with it (the fingerprint included).
+        strict_reads = check_structure(parsed)
+    except SchemaLimitError as exc:
+        raise SchemaError(f"{source}: {exc}") from exc
+    except Exception as exc:  # a form the check did not foresee: unusable all the same
+        raise SchemaError(f"{source}: not a usable schema: {type(exc).__name__}: {exc}") from exc
     writer = WriterSchema(
         record_name=_top_name(parsed),
         fingerprint=schema_fingerprint(parsed),
         decoding=decoding_schema(parsed),
         source=source,
+        strict_reads=strict_reads,
     )
     return parsed, writer
 
@@ -172,12 +223,11 @@ class SchemaCatalog:
     def parse_writer(self, schema_text: str, *, source: str) -> WriterSchema:
         """Prepare a writer schema given as JSON text (e.g. from a registry).
 
-        Named types it uses but does not define resolve to the built-in ones.
+        Named types it uses but does not define resolve to the built-in ones. Raises
+        SchemaError for text that is not a usable schema, including one beyond the bounds of
+        `schema_bounds` (docs/messages.md#schema-limits).
         """
-        try:
-            obj = json.loads(schema_text)
-        except ValueError as exc:
-            raise SchemaError(f"{source}: not JSON: {exc}") from exc
+        obj = _json(schema_text, source)
         inline_name = "\x00writer"  # cannot collide with an Avro name
         repo = _ChainRepository([self.builtin_dir], inline={inline_name: obj})
         return _load(inline_name, repo, source)[1]
