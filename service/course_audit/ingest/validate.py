@@ -159,7 +159,11 @@ def _oversized(
     event_type: str,
     related: Any,
 ) -> str | None:
-    """Which text field is longer than its limit, and by how much, or None."""
+    """Which text field is longer than its limit, and by how much, or None.
+
+    Every value of every record is looked at, on every event: one test per value decides
+    (no limit is under TEXT_LIMIT), and only a longer value looks up its own limit.
+    """
     if event_source.__class__ is str and len(event_source) > TEXT_LIMIT:
         return _too_large("event_source", len(event_source), TEXT_LIMIT)
     for attr, pair in event_data.items():
@@ -170,20 +174,35 @@ def _oversized(
             )
         if attr == "created_source" and pair.__class__ is str and len(pair) > TEXT_LIMIT:
             return _too_large("created_source", len(pair), TEXT_LIMIT)
-    for name, kind, record in (
-        ("course", "course", course),
-        ("user", "user", user),
-        ("page_view", "page_view", page_view),
-        (event_type, "course", related),
-    ):
-        if record.__class__ is not dict:
-            continue
-        for key, value in record.items():
-            # Nearly every value is shorter than the smallest limit: one test decides.
+    for value in course.values():
+        if value.__class__ is str and len(value) > TEXT_LIMIT:
+            return _longest("course", "course", course)
+    if user.__class__ is dict:
+        for value in user.values():
             if value.__class__ is str and len(value) > TEXT_LIMIT:
-                limit = LONG_TEXT_LIMITS.get((kind, key), TEXT_LIMIT)
-                if len(value) > limit:
-                    return _too_large(f"{name}.{key}", len(value), limit)
+                return _longest("user", "user", user)
+    if page_view.__class__ is dict:
+        for value in page_view.values():
+            if value.__class__ is str and len(value) > TEXT_LIMIT:
+                # url and user_agent may be longer than TEXT_LIMIT: look closer.
+                problem = _longest("page_view", "page_view", page_view)
+                if problem is not None:
+                    return problem
+                break
+    if related.__class__ is dict:
+        for value in related.values():
+            if value.__class__ is str and len(value) > TEXT_LIMIT:
+                return _longest(event_type, "course", related)
+    return None
+
+
+def _longest(name: str, kind: str, record: dict[str, Any]) -> str | None:
+    """The first field of `record` over its own limit, described, or None."""
+    for key, value in record.items():
+        if value.__class__ is str:
+            limit = LONG_TEXT_LIMITS.get((kind, key), TEXT_LIMIT)
+            if len(value) > limit:
+                return _too_large(f"{name}.{key}", len(value), limit)
     return None
 
 

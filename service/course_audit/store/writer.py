@@ -271,8 +271,8 @@ async def write_batch(
         # The rest of the round: events already stored, or repeated, with the same content.
         duplicates += len(pending) - done.inserted - len(done.odd)
         unjudged: list[Event] = []
-        for ord, stored_at in zip(done.odd, done.stored_at, strict=True):
-            event = pending[ord - 1]
+        for position, stored_at in zip(done.odd, done.stored_at, strict=True):
+            event = pending[position - 1]
             if stored_at is None:
                 unjudged.append(event)
             else:

@@ -22,8 +22,9 @@ CREATE INDEX event_ids_created_at_idx ON event_ids USING brin (created_at)
 
 -- Events already stored: each id once, with its first stored row (lowest seq). An id stored
 -- twice before this migration keeps both rows; a later message with that id is compared with
--- the first.
+-- the first. (Safe to run again: docs/store.md#migrations.)
 INSERT INTO event_ids (event_id, created_at)
 SELECT DISTINCT ON (event_id) event_id, created_at
   FROM events
- ORDER BY event_id, seq;
+ ORDER BY event_id, seq
+ON CONFLICT DO NOTHING;
