@@ -210,9 +210,12 @@ async def test_retention_drops_the_ids_of_the_months_it_drops(
 
 
 async def _waiting_for_lock(conn: asyncpg.Connection[Any], pid: int) -> None:
+    # The batch statement waiting for a transaction (the one that inserted the same id).
     await eventually(
         lambda: conn.fetchval(
-            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+            "SELECT wait_event = 'transactionid' AND query LIKE '%INSERT INTO event_ids%'"
+            " FROM pg_stat_activity WHERE pid = $1",
+            pid,
         ),
         lambda waiting: waiting is True,
         20,
@@ -231,14 +234,17 @@ async def test_two_writers_racing_for_one_id(
     a_event = make_event(T0)
     b_event = again(a_event, created_at=T0 + timedelta(days=40))
     b_other = make_event(T0 + timedelta(seconds=3))
-    await ensure_partition_for(conn, [T0, b_event.created_at], cache=PartitionCache())
+    # Both writers know the partitions exist: no DDL, whose advisory lock A would hold until
+    # it ends, so that B waits on the id itself.
+    known = PartitionCache()
+    await ensure_partition_for(conn, [T0, b_event.created_at], cache=known)
     a = await asyncpg.connect(migrated_db_url)
     b = await asyncpg.connect(migrated_db_url)
     try:
         tx = a.transaction()
         await tx.start()
-        assert (await write_batch(a, [a_event], cache=PartitionCache())).inserted == 1
-        b_write = asyncio.create_task(write_batch(b, [b_event, b_other], cache=PartitionCache()))
+        assert (await write_batch(a, [a_event], cache=known)).inserted == 1
+        b_write = asyncio.create_task(write_batch(b, [b_event, b_other], cache=known))
         await _waiting_for_lock(conn, b.get_server_pid())
         if first_commits:
             await tx.commit()
