@@ -53,9 +53,15 @@ class ErrorCode(enum.StrEnum):
     INVALID_CREATED_AT = "invalid_created_at"
     EMPTY_CHANGES = "empty_changes"
     MISSING_RELATED_COURSE = "missing_related_course"
+    #: A text field is longer than its limit (docs/messages.md#field-sizes); the message
+    #: names the field, e.g. "course.sis_course_id is 10240 characters; the limit is 255".
+    FIELD_TOO_LARGE = "field_too_large"
     #: Older than the retention period: stored, it would be dropped at the next maintenance
     #: pass, so it is kept here instead (raise AUDIT_RETENTION_MONTHS and replay to store it).
     BEYOND_RETENTION = "beyond_retention"
+    #: The event_id is already stored with another created_at or other content; the message
+    #: names the stored created_at (docs/store.md#idempotency).
+    CONFLICTING_EVENT_ID = "conflicting_event_id"
     #: The database refused the row itself (isolated from its batch, which was stored).
     STORE_REJECTED = "store_rejected"
     #: The Kafka record itself could not be read (e.g. a header name that is not UTF-8, a

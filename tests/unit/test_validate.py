@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -281,3 +283,95 @@ def test_a_record_that_is_not_an_event() -> None:
     rejected(
         to_event(Decoded("course_audit.Course", {"id": 1}), now=NOW), ErrorCode.NOT_AN_EVENT_TYPE
     )
+
+
+# ---------------------------------------------------------------- field sizes
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+#: The documented limits (docs/messages.md#field-sizes), written out, not read from the code.
+LIMITS: dict[tuple[str, str], int] = {("page_view", "url"): 8192, ("page_view", "user_agent"): 8192}
+
+
+def _text_fields(record: str) -> list[str]:
+    """The string fields of a built-in record schema (nullable or not)."""
+    schema = json.loads((SCHEMA_DIR / f"course_audit.{record}.avsc").read_text())
+    return [
+        f["name"]
+        for f in schema["fields"]
+        if f["type"] == "string" or (isinstance(f["type"], list) and "string" in f["type"])
+    ]
+
+
+TEXT_FIELDS = [
+    (kind, name)
+    for kind, record in (("course", "Course"), ("user", "User"), ("page_view", "PageView"))
+    for name in _text_fields(record)
+]
+
+
+def test_every_text_field_of_the_records_is_checked() -> None:
+    # A string field added to a schema gets the default limit; this list is what the docs
+    # table names, so a new field shows up here first.
+    assert len(TEXT_FIELDS) == 12 + 7 + 10
+
+
+def _with(kind: str, name: str, value: str, event_type: str = "updated") -> Decoded:
+    base = decoded(event_type)
+    record = dict(base.datum[kind]) | {name: value}
+    return Decoded(base.record_name, base.datum | {kind: record})
+
+
+@pytest.mark.parametrize(("kind", "name"), TEXT_FIELDS)
+def test_each_text_field_has_its_limit(kind: str, name: str) -> None:
+    limit = LIMITS.get((kind, name), 255)
+    ok(to_event(_with(kind, name, "x" * limit), now=NOW))
+    rejected(
+        to_event(_with(kind, name, "é" * (limit + 1)), now=NOW),  # characters, not bytes
+        ErrorCode.FIELD_TOO_LARGE,
+    )
+    outcome = to_event(_with(kind, name, "x" * (limit + 1)), now=NOW)
+    assert outcome == Rejection(
+        ErrorCode.FIELD_TOO_LARGE, f"{kind}.{name} is {limit + 1} characters; the limit is {limit}"
+    )
+
+
+def test_a_10_kb_sis_course_id() -> None:
+    outcome = to_event(_with("course", "sis_course_id", "S" * 10240), now=NOW)
+    assert outcome == Rejection(
+        ErrorCode.FIELD_TOO_LARGE, "course.sis_course_id is 10240 characters; the limit is 255"
+    )
+
+
+@pytest.mark.parametrize("event_type", sorted(RELATED_COURSE_TYPES))
+def test_the_related_course_is_named_by_its_field(event_type: str) -> None:
+    outcome = to_event(_with(event_type, "name", "n" * 300, event_type), now=NOW)
+    assert outcome == Rejection(
+        ErrorCode.FIELD_TOO_LARGE, f"{event_type}.name is 300 characters; the limit is 255"
+    )
+
+
+def test_envelope_text_and_change_names_have_limits() -> None:
+    ok(to_event(decoded("updated", event_source="s" * 255), now=NOW))
+    assert to_event(decoded("updated", event_source="s" * 256), now=NOW) == Rejection(
+        ErrorCode.FIELD_TOO_LARGE, "event_source is 256 characters; the limit is 255"
+    )
+    assert to_event(decoded("created", created_source="c" * 300), now=NOW) == Rejection(
+        ErrorCode.FIELD_TOO_LARGE, "created_source is 300 characters; the limit is 255"
+    )
+    long_name = "a" * 256
+    rejected(
+        to_event(decoded("updated", changes={long_name: {"old": 1, "new": 2}}), now=NOW),
+        ErrorCode.FIELD_TOO_LARGE,
+        "changes has an attribute name of 256 characters",
+        "the limit is 255",
+    )
+    # Change values are not limited: long strings are cut to 1,000 characters instead.
+    long_value = ok(
+        to_event(decoded("updated", changes={"n": {"old": None, "new": "v" * 5000}}), now=NOW)
+    )
+    assert len(long_value.event_data["n"][1]) == 1000
+
+
+def test_null_text_fields_and_missing_user_are_fine() -> None:
+    ok(to_event(decoded("updated", user=None, page_view=None), now=NOW))
+    ok(to_event(_with("course", "sis_course_id", None), now=NOW))  # type: ignore[arg-type]

@@ -17,13 +17,15 @@ import orjson
 from course_audit.config import Settings
 from course_audit.ingest.admit import Admission
 from course_audit.ingest.decode import Decoder
-from course_audit.model import ErrorCode, Event
+from course_audit.model import ErrorCode, Event, Rejection
+from course_audit.store.db import Conn
 from course_audit.store.dead_letters import (
     StoredDeadLetter,
     list_dead_letters,
     mark_replayed,
     update_dead_letter_error,
 )
+from course_audit.store.errors import describe, is_data_error
 from course_audit.store.migrate import migrate
 from course_audit.store.partitions import drop_expired, ensure_partitions
 from course_audit.store.tokens import create_token, list_tokens, revoke_token
@@ -217,17 +219,18 @@ async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
             admission = Admission.at(datetime.now(UTC), settings.retention_months)
             for row in rows:
                 decoded = await decoder.decode(row.letter.source.value)
-                outcome = admission.admit(decoded, row.letter.source)
-                if isinstance(outcome, Event):
-                    async with conn.transaction():
-                        await write_batch(conn, [outcome])
-                        await mark_replayed(conn, [row.id])
+                admitted = admission.admit(decoded, row.letter.source)
+                if isinstance(admitted, Event):
+                    failure = await _replay_event(conn, row.id, admitted)
+                else:
+                    failure = admitted
+                if failure is None:
                     stored += 1
                 else:
                     # An unreadable record keeps its reason: its bytes may be a raw batch.
                     if row.letter.code is not ErrorCode.UNREADABLE_RECORD:
                         await update_dead_letter_error(
-                            conn, row.id, outcome.code, outcome.message, admission.now
+                            conn, row.id, failure.code, failure.message, admission.now
                         )
                     still_failing += 1
     finally:
@@ -235,6 +238,23 @@ async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
             await registry.close()
     print(f"replayed {len(rows)}: stored {stored}, still failing {still_failing}")
     return 0
+
+
+async def _replay_event(conn: Conn, letter_id: int, event: Event) -> Rejection | None:
+    """Store a replayed event and mark its letter replayed; or why it still cannot be stored
+    (its id stored with another created_at or content, or a row the store refuses)."""
+    try:
+        async with conn.transaction():
+            result = await write_batch(conn, [event])
+            if not result.conflicts:
+                await mark_replayed(conn, [letter_id])
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        return Rejection(ErrorCode.STORE_REJECTED, describe(exc))
+    if result.conflicts:
+        return Rejection(ErrorCode.CONFLICTING_EVENT_ID, result.conflicts[0].message())
+    return None
 
 
 # ------------------------------------------------------------------ produce

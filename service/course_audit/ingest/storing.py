@@ -1,10 +1,11 @@
 """Storing a batch: events and dead letters atomically, bad rows isolated, the database retried.
 
 A batch is never lost and never crashes the consumer: a row the database refuses for its own
-data becomes a `store_rejected` dead letter while the rest is stored; any other failure is
-retried with backoff for as long as it takes (readiness false meanwhile), unless the batch is
-given up (partitions revoked, or shutdown) - then its offsets stay uncommitted and the
-messages are read again.
+data becomes a `store_rejected` dead letter while the rest is stored, an event whose id is
+already stored otherwise a `conflicting_event_id` one; any other failure (an outage, or a
+fault no row causes: store/errors.py) is retried with backoff for as long as it takes
+(readiness false meanwhile), unless the batch is given up (partitions revoked, or shutdown) -
+then its offsets stay uncommitted and the messages are read again.
 """
 
 from __future__ import annotations
@@ -20,14 +21,19 @@ from asyncpg.pool import PoolConnectionProxy
 
 from course_audit.ingest.batch import Batch, dead_letter
 from course_audit.ingest.pipeline import Abandoned
-from course_audit.model import ErrorCode, Rejection
+from course_audit.model import DeadLetter, ErrorCode, Rejection
 from course_audit.retention import month_of
 from course_audit.retry import DATABASE_BACKOFF, Backoff, wait_or_stop
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
-from course_audit.store.errors import is_data_error, is_transient
+from course_audit.store.errors import describe, is_data_error, is_transient
 from course_audit.store.partitions import ensure_partition_for
-from course_audit.store.writer import write_batch, write_dead_letters, write_isolating
+from course_audit.store.writer import (
+    Conflict,
+    write_batch,
+    write_dead_letters,
+    write_isolating,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +72,13 @@ class BatchStore:
                 self.health.writes_failing = True
                 self.metrics.db_errors.inc()
                 delay = self.backoff.delay(attempt)
-                extra = {"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay}
+                extra = {"error": describe(exc), "retry_in_s": delay}
                 if is_transient(exc):
                     log.warning("database unavailable, retrying", extra=extra)
                 else:
+                    # Not an outage and not a row's data (those are dead letters by now): a
+                    # statement, privilege or server fault, for an operator; retried meanwhile
+                    # (docs/design.md#store-error-classes).
                     log.error("unexpected store error, retrying", extra=extra, exc_info=exc)
                 if await wait_or_stop(delay, self.give_up):
                     raise Abandoned() from None
@@ -99,6 +108,13 @@ class BatchStore:
                 else:
                     self.metrics.stored.inc(stored.inserted)
                     self.metrics.duplicates.inc(stored.duplicates)
+                    # Rare: events whose id is stored with another created_at or content.
+                    # Their letters come after the committed batch; if writing them fails,
+                    # the retry finds the batch stored and the same conflicts again.
+                    conflicts = [_conflict_letter(c) for c in stored.conflicts]
+                    if conflicts:
+                        await write_dead_letters(conn, conflicts)
+                    self._count_dead(conflicts)
                     return
             # New months' partitions first, outside the batch transaction: creating one
             # locks the parent table, which other consumers' open batches would hold up.
@@ -108,17 +124,21 @@ class BatchStore:
                 result = await write_isolating(conn, batch.events)
                 for rejected in result.rejected:
                     assert rejected.event.source is not None
-                    reason = f"{type(rejected.error).__name__}: {rejected.error}"
+                    reason = describe(rejected.error)
                     dead.append(
                         dead_letter(
                             rejected.event.source, Rejection(ErrorCode.STORE_REJECTED, reason)
                         )
                     )
+                dead.extend(_conflict_letter(c) for c in result.conflicts)
                 if dead:
                     await write_dead_letters(conn, dead)
         self.metrics.stored.inc(result.inserted)
         self.metrics.duplicates.inc(result.duplicates)
-        for letter in dead:
+        self._count_dead(dead)
+
+    def _count_dead(self, letters: list[DeadLetter]) -> None:
+        for letter in letters:
             self.metrics.dead_lettered.labels(letter.code.value).inc()
 
     @contextlib.asynccontextmanager
@@ -132,3 +152,10 @@ class BatchStore:
         except BaseException:
             await self.close()
             raise
+
+
+def _conflict_letter(conflict: Conflict) -> DeadLetter:
+    assert conflict.event.source is not None
+    return dead_letter(
+        conflict.event.source, Rejection(ErrorCode.CONFLICTING_EVENT_ID, conflict.message())
+    )

@@ -30,6 +30,16 @@ UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 _NIL_UUID = uuid.UUID(int=0)
 _CHANGE_TYPES = frozenset({"created", "updated"})
 _COURSE_IDS = ("id", "account_id", "root_account_id")
+#: The most characters a text field may hold (docs/messages.md#field-sizes): Canvas keeps
+#: these values in varchar(255) columns, and 255 characters (at most 1,020 bytes) stay far
+#: below PostgreSQL's limit on an index row (about 2,700 bytes for a btree).
+TEXT_LIMIT = 255
+#: Fields Canvas keeps as unbounded text, bounded here by what a web server accepts in a
+#: request line or header (8 KB): a longer one never reached Canvas.
+LONG_TEXT_LIMITS: dict[tuple[str, str], int] = {
+    ("page_view", "url"): 8192,
+    ("page_view", "user_agent"): 8192,
+}
 
 
 def to_event(
@@ -85,14 +95,21 @@ def to_event(
                 f"a {event_type} event needs its related course: {problem}",
             )
 
+    event_source = datum.get("event_source") or ""
+    user = datum.get("user")
+    page_view = datum.get("page_view")
+    problem = _oversized(event_source, event_data, course, user, page_view, event_type, related)
+    if problem is not None:
+        return Rejection(ErrorCode.FIELD_TOO_LARGE, problem)
+
     return Event(
         event_id=event_id,
         created_at=created_at,
         event_type=event_type,
-        event_source=datum.get("event_source") or "",
+        event_source=event_source,
         course=course,
-        user=datum.get("user"),
-        page_view=datum.get("page_view"),
+        user=user,
+        page_view=page_view,
         sis_batch_id=datum.get("sis_batch_id"),
         event_data=event_data,
         related_course=related,
@@ -131,6 +148,66 @@ def _course_problem(course: Any, field: str) -> str | None:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             return f"{field}.{key} is {value!r:.40}; it must be a positive id"
     return None
+
+
+def _oversized(
+    event_source: Any,
+    event_data: dict[str, Any],
+    course: dict[str, Any],
+    user: Any,
+    page_view: Any,
+    event_type: str,
+    related: Any,
+) -> str | None:
+    """Which text field is longer than its limit, and by how much, or None.
+
+    Every value of every record is looked at, on every event: one test per value decides
+    (no limit is under TEXT_LIMIT), and only a longer value looks up its own limit.
+    """
+    if event_source.__class__ is str and len(event_source) > TEXT_LIMIT:
+        return _too_large("event_source", len(event_source), TEXT_LIMIT)
+    for attr, pair in event_data.items():
+        if len(attr) > TEXT_LIMIT:
+            return (
+                f"changes has an attribute name of {len(attr)} characters ({attr[:40]!r}...);"
+                f" the limit is {TEXT_LIMIT}"
+            )
+        if attr == "created_source" and pair.__class__ is str and len(pair) > TEXT_LIMIT:
+            return _too_large("created_source", len(pair), TEXT_LIMIT)
+    for value in course.values():
+        if value.__class__ is str and len(value) > TEXT_LIMIT:
+            return _longest("course", "course", course)
+    if user.__class__ is dict:
+        for value in user.values():
+            if value.__class__ is str and len(value) > TEXT_LIMIT:
+                return _longest("user", "user", user)
+    if page_view.__class__ is dict:
+        for value in page_view.values():
+            if value.__class__ is str and len(value) > TEXT_LIMIT:
+                # url and user_agent may be longer than TEXT_LIMIT: look closer.
+                problem = _longest("page_view", "page_view", page_view)
+                if problem is not None:
+                    return problem
+                break
+    if related.__class__ is dict:
+        for value in related.values():
+            if value.__class__ is str and len(value) > TEXT_LIMIT:
+                return _longest(event_type, "course", related)
+    return None
+
+
+def _longest(name: str, kind: str, record: dict[str, Any]) -> str | None:
+    """The first field of `record` over its own limit, described, or None."""
+    for key, value in record.items():
+        if value.__class__ is str:
+            limit = LONG_TEXT_LIMITS.get((kind, key), TEXT_LIMIT)
+            if len(value) > limit:
+                return _too_large(f"{name}.{key}", len(value), limit)
+    return None
+
+
+def _too_large(field: str, length: int, limit: int) -> str:
+    return f"{field} is {length} characters; the limit is {limit}"
 
 
 def _created_at(value: Any, now: datetime | None) -> datetime | Rejection:

@@ -12,6 +12,7 @@ import orjson
 
 from course_audit.model import DeadLetter, ErrorCode, Source
 from course_audit.store.db import Conn, affected_rows
+from course_audit.store.writer import storable_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ async def update_dead_letter_error(
         " failed_at = coalesce($4, now()) WHERE id = $1",
         id,
         str(code),
-        message,
+        storable_text(message),
         failed_at,
     )
     return affected_rows(status) == 1

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 import asyncpg
 
 from course_audit.retention import add_months, month_of, retention_cutoff
-from course_audit.store.db import PARTITION_LOCK, Conn, advisory_xact_lock
+from course_audit.store.db import PARTITION_LOCK, Conn, advisory_xact_lock, affected_rows
 
 #: How long partition DDL waits for its lock on `events` before giving up (retried later).
 DDL_LOCK_TIMEOUT = "10s"
@@ -144,6 +144,12 @@ async def drop_expired(
         return []
     cache = DEFAULT_CACHE if cache is None else cache
     cutoff = month_of(retention_cutoff(now or datetime.now(UTC), retention_months))
+    # The ids of those events first, in a transaction of its own that locks no table: an id
+    # kept past its event would make a later event with that id a conflict with nothing.
+    # Dropping the partitions first, a crash in between would leave such ids behind; this
+    # way round it leaves events without ids for a moment, which nothing can re-send (they
+    # are past retention on arrival), and the next pass finishes the job.
+    await delete_expired_ids(conn, cutoff)
     dropped: list[str] = []
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
@@ -154,3 +160,12 @@ async def drop_expired(
                 dropped.append(name)
                 cache.discard([month])
     return dropped
+
+
+async def delete_expired_ids(conn: Conn, cutoff: date) -> int:
+    """Delete the event_ids entries of events before `cutoff` (a month's first day, UTC)."""
+    status = await conn.execute(
+        "DELETE FROM event_ids WHERE created_at < $1",
+        datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC),
+    )
+    return affected_rows(status)

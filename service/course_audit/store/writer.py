@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -13,7 +15,7 @@ import orjson
 from course_audit.model import DeadLetter, Event
 from course_audit.retention import month_of
 from course_audit.store.db import Conn, affected_rows
-from course_audit.store.errors import is_data_error
+from course_audit.store.errors import describe, is_data_error
 from course_audit.store.partitions import (
     DEFAULT_CACHE,
     PartitionCache,
@@ -21,13 +23,44 @@ from course_audit.store.partitions import (
     list_partitions,
 )
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """An event whose event_id is already stored with another created_at or other content."""
+
+    event: Event
+    #: The created_at the id is stored with.
+    stored_created_at: datetime
+
+    def message(self) -> str:
+        """The dead letter's message: which stored event it conflicts with, and how."""
+        mine, stored = _iso(self.event.created_at), _iso(self.stored_created_at)
+        if mine != stored:
+            return (
+                f"event_id {self.event.event_id} is already stored with created_at {stored};"
+                f" this message has created_at {mine}. An event_id is stored once."
+            )
+        return (
+            f"event_id {self.event.event_id} is already stored with created_at {stored} and"
+            " other content (type, source, course, user, page view, SIS batch, related course"
+            " or changes); an event_id is stored once"
+        )
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """Events newly stored, and events that were already stored (or repeated in the batch)."""
+    """Events newly stored; events already stored (or repeated in the batch) with the same
+    created_at and content; events whose id is stored with another created_at or content."""
 
     inserted: int
     duplicates: int
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +78,7 @@ class IsolatedWrite:
     inserted: int
     duplicates: int
     rejected: list[Rejected] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 # A whole batch in one statement, so in one round trip: the consumer's event loop is busy
@@ -58,35 +92,53 @@ class IsolatedWrite:
 # from the consumer, the pipeline's bottleneck, to PostgreSQL on the other core
 # (docs/performance.md#one-statement-per-batch).
 #
+# An event_id is stored once (docs/design.md#idempotency-key): the first row of each id in
+# the batch claims it in event_ids, in id order so that two writers with overlapping batches
+# cannot deadlock; only claimed rows become events and snapshots. Every other row is judged
+# against what was stored before this statement: the same created_at and content is a
+# duplicate, anything else a conflict naming the stored created_at. A row whose id is neither
+# claimed nor visible (a repeat of an id claimed by this very statement, or one a concurrent
+# writer claimed after this statement began) comes back with a null created_at, and the
+# caller writes it again in a statement that sees the claim.
+#
 # Data-modifying CTEs all run to completion, read or not. ORDER BY ord: seq (the API's
-# tie-break) follows the order events were consumed in. DO NOTHING also absorbs duplicates
-# inside the batch. Snapshots: the newest per id (created_at, then the later event of the
-# batch, then a related course over the event's own course), upserted newer-wins: an older
-# event never overwrites a newer snapshot, and an identical redelivery writes no new row
-# version.
+# tie-break) follows the order events were consumed in. Snapshots: the newest per id
+# (created_at, then the later event of the batch, then a related course over the event's own
+# course), upserted newer-wins: an older event never overwrites a newer snapshot, and an
+# identical redelivery writes no new row version.
 _WRITE_BATCH = """
 WITH batch AS MATERIALIZED (
-    SELECT r, ord, (r->>1)::timestamptz AS at
+    SELECT r, ord, (r->>0)::uuid AS id, (r->>1)::timestamptz AS at
       FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS b(r, ord)
+), firsts AS MATERIALIZED (
+    SELECT DISTINCT ON (id) id, at, ord FROM batch ORDER BY id, ord
+), claimed AS (
+    INSERT INTO event_ids (event_id, created_at)
+    SELECT id, at FROM firsts ORDER BY id
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+), new AS MATERIALIZED (
+    SELECT b.r, b.ord, b.id, b.at
+      FROM claimed c JOIN firsts f ON f.id = c.event_id JOIN batch b ON b.ord = f.ord
 ), stored AS (
     INSERT INTO events (event_id, created_at, event_type, event_source, course_id, account_id,
                         root_account_id, user_id, page_view_id, sis_batch_id,
                         related_course_id, event_data, topic, "partition", "offset")
-    SELECT (r->>0)::uuid, at, r->>2, r->>3, (r->4->>'id')::bigint,
+    SELECT id, at, r->>2, r->>3, (r->4->>'id')::bigint,
            (r->4->>'account_id')::bigint, (r->4->>'root_account_id')::bigint,
            (r->5->>'id')::bigint, r->6->>'id', (r->>7)::bigint, (r->8->>'id')::bigint, r->9,
            r->>10, (r->>11)::integer, (r->>12)::bigint
-      FROM batch
+      FROM new
      ORDER BY ord
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), course_snapshots AS (
     SELECT DISTINCT ON (id) id, data, at
       FROM (SELECT (r->4->>'id')::bigint AS id, r->4 AS data, at, ord, 0 AS related
-              FROM batch
+              FROM new
             UNION ALL
             SELECT (r->8->>'id')::bigint, r->8, at, ord, 1
-              FROM batch
+              FROM new
              WHERE jsonb_typeof(r->8) = 'object') AS carried
      ORDER BY id, at DESC, ord DESC, related DESC
 ), courses_upserted AS (
@@ -103,7 +155,7 @@ WITH batch AS MATERIALIZED (
     INSERT INTO users AS t (id, data, as_of)
     SELECT DISTINCT ON (id) id, data, at
       FROM (SELECT (r->5->>'id')::bigint AS id, r->5 AS data, at, ord
-              FROM batch
+              FROM new
              WHERE jsonb_typeof(r->5) = 'object') AS carried
      ORDER BY id, at DESC, ord DESC
     ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
@@ -113,14 +165,38 @@ WITH batch AS MATERIALIZED (
     INSERT INTO page_views AS t (id, data, as_of)
     SELECT DISTINCT ON (id) id, data, at
       FROM (SELECT r->6->>'id' AS id, r->6 AS data, at, ord
-              FROM batch
+              FROM new
              WHERE jsonb_typeof(r->6) = 'object') AS carried
      ORDER BY id, at DESC, ord DESC
     ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
      WHERE excluded.as_of > t.as_of
         OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+), judged AS (
+    SELECT b.ord, s.created_at AS stored_at, s.same
+      FROM batch b
+      LEFT JOIN LATERAL (
+            SELECT i.created_at,
+                   i.created_at = b.at AND EXISTS (
+                       SELECT FROM events e
+                        WHERE e.event_id = b.id AND e.created_at = b.at
+                          AND (e.event_type, e.event_source, e.course_id, e.account_id,
+                               e.root_account_id, e.user_id, e.page_view_id, e.sis_batch_id,
+                               e.related_course_id, e.event_data)
+                              IS NOT DISTINCT FROM
+                              (b.r->>2, b.r->>3, (b.r->4->>'id')::bigint,
+                               (b.r->4->>'account_id')::bigint,
+                               (b.r->4->>'root_account_id')::bigint, (b.r->5->>'id')::bigint,
+                               b.r->6->>'id', (b.r->>7)::bigint, (b.r->8->>'id')::bigint,
+                               b.r->9)) AS same
+              FROM event_ids i
+             WHERE i.event_id = b.id) AS s ON true
+     WHERE NOT EXISTS (SELECT FROM new n WHERE n.ord = b.ord)
 )
-SELECT count(*) FROM stored
+SELECT (SELECT count(*) FROM stored) AS inserted,
+       coalesce(array_agg(ord ORDER BY ord), '{}') AS odd,
+       coalesce(array_agg(stored_at ORDER BY ord), '{}') AS stored_at
+  FROM judged
+ WHERE same IS NOT TRUE
 """
 
 _INSERT_DEAD_LETTERS = """
@@ -167,24 +243,51 @@ def batch_document(events: Iterable[Event]) -> str:
     return orjson.dumps(rows, option=orjson.OPT_NAIVE_UTC).decode()
 
 
+#: Rounds of writing again the rows a statement could not judge (see _WRITE_BATCH) before
+#: giving up; each round judges at least every row whose claim was visible to it.
+_MAX_ROUNDS = 100
+
+
 async def write_batch(
     conn: Conn, events: Sequence[Event], *, cache: PartitionCache | None = None
 ) -> WriteResult:
     """Store `events` and their snapshots atomically (a savepoint in the caller's transaction).
 
-    Idempotent: events already stored are counted as duplicates. Raises on failure with
-    nothing written; see `is_data_error`/`is_transient` (errors.py) to decide what next.
+    Idempotent: events already stored with the same created_at and content are counted as
+    duplicates; an event whose id is stored with another created_at or content comes back as
+    a conflict (for a ``conflicting_event_id`` dead letter), and none of it is stored.
+    Raises on failure with nothing written; see `classify` (errors.py) to decide what next.
     Call it outside a transaction when possible: creating a new month's partition first
     needs a lock that an open transaction writing to `events` would make it wait for.
     """
-    if not events:
-        return WriteResult(0, 0)
+    inserted = duplicates = 0
+    conflicts: list[Conflict] = []
+    pending = list(events)
+    for _ in range(_MAX_ROUNDS):
+        if not pending:
+            return WriteResult(inserted, duplicates, conflicts)
+        done = await _write_round(conn, pending, cache)
+        inserted += done.inserted
+        # The rest of the round: events already stored, or repeated, with the same content.
+        duplicates += len(pending) - done.inserted - len(done.odd)
+        unjudged: list[Event] = []
+        for position, stored_at in zip(done.odd, done.stored_at, strict=True):
+            event = pending[position - 1]
+            if stored_at is None:
+                unjudged.append(event)
+            else:
+                conflicts.append(Conflict(event, stored_at))
+        pending = unjudged
+    raise RuntimeError(f"{len(pending)} event(s) still unjudged after {_MAX_ROUNDS} rounds")
+
+
+async def _write_round(conn: Conn, events: Sequence[Event], cache: PartitionCache | None) -> _Round:
     cache = DEFAULT_CACHE if cache is None else cache
     document = batch_document(events)
     months = {month_of(e.created_at) for e in events}
     await ensure_partition_for(conn, months, cache=cache)
     try:
-        inserted = await _write(conn, document)
+        return await _write(conn, document)
     except asyncpg.CheckViolationError:
         # "No partition found for row": a cached month whose partition was dropped since
         # (retention on another replica) or never existed in this database. Ask the catalog.
@@ -193,18 +296,31 @@ async def write_batch(
             raise
         cache.discard(months)
         await ensure_partition_for(conn, months, cache=cache)
-        inserted = await _write(conn, document)
-    return WriteResult(inserted, len(events) - inserted)
+        return await _write(conn, document)
 
 
-async def _write(conn: Conn, document: str) -> int:
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """What one batch statement reports (see _WRITE_BATCH)."""
+
+    inserted: int
+    #: Positions (from 1) of the rows neither stored nor duplicates, and for each the
+    #: created_at its id is stored with (a conflict), or None (not judged: write it again).
+    odd: list[int]
+    stored_at: list[datetime | None]
+
+
+async def _write(conn: Conn, document: str) -> _Round:
     if not conn.is_in_transaction():
         # One statement is atomic by itself: no BEGIN and COMMIT round trips.
-        return int(await conn.fetchval(_WRITE_BATCH, document))
-    # In the caller's transaction, a savepoint keeps a failed batch from aborting it, so that
-    # write_isolating can go on with the halves.
-    async with conn.transaction():
-        return int(await conn.fetchval(_WRITE_BATCH, document))
+        row = await conn.fetchrow(_WRITE_BATCH, document)
+    else:
+        # In the caller's transaction, a savepoint keeps a failed batch from aborting it, so
+        # that write_isolating can go on with the halves.
+        async with conn.transaction():
+            row = await conn.fetchrow(_WRITE_BATCH, document)
+    assert row is not None
+    return _Round(row["inserted"], row["odd"], row["stored_at"])
 
 
 async def write_isolating(
@@ -229,35 +345,185 @@ async def write_isolating(
             left.inserted + right.inserted,
             left.duplicates + right.duplicates,
             left.rejected + right.rejected,
+            left.conflicts + right.conflicts,
         )
-    return IsolatedWrite(result.inserted, result.duplicates)
+    return IsolatedWrite(result.inserted, result.duplicates, [], result.conflicts)
+
+
+#: The longest error message kept with a dead letter, in characters; the rest is cut.
+MAX_MESSAGE_LENGTH = 2000
+#: The longest message of a dead letter kept in its minimal form.
+MINIMAL_MESSAGE_LENGTH = 300
+
+
+def storable_text(text: str) -> str:
+    """`text` as a PostgreSQL text (or jsonb string) can hold it.
+
+    NUL becomes the four characters ``\\x00`` and what UTF-8 cannot encode (a lone
+    surrogate, as a lenient decoder leaves for an undecodable byte) its ``\\udcXX`` escape.
+    Meant for people: the raw key and value stay bytes, unchanged.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def encode_headers(headers: Iterable[tuple[str, bytes | None]]) -> str:
-    """Kafka headers as JSON ``[[name, base64 value or null], ...]`` (lossless, ordered)."""
+    """Kafka headers as JSON ``[[name, base64 value or null], ...]`` (ordered; the values
+    lossless, the names through `storable_text`)."""
     return json_text(
-        [[k, None if v is None else base64.b64encode(v).decode("ascii")] for k, v in headers]
+        [
+            [storable_text(k), None if v is None else base64.b64encode(v).decode("ascii")]
+            for k, v in headers
+        ]
+    )
+
+
+_LetterRow = tuple[
+    str, int, int, bytes | None, bytes | None, str, str, str, datetime
+]  # the columns of _INSERT_DEAD_LETTERS, in order
+
+
+def _full_row(d: DeadLetter) -> _LetterRow:
+    s = d.source
+    return (
+        storable_text(s.topic),
+        s.partition,
+        s.offset,
+        s.key,
+        s.value,
+        encode_headers(s.headers),
+        str(d.code),
+        _cut(storable_text(d.message), MAX_MESSAGE_LENGTH),
+        d.failed_at,
+    )
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\x00", "\\x00")
+
+
+def _minimal_row(d: DeadLetter, error: BaseException, *, keep_value: bool = True) -> _LetterRow:
+    """What is left of a dead letter PostgreSQL refused: its position, code, a short ASCII
+    message saying why, and (unless that was refused too) the raw value, for a replay."""
+    s = d.source
+    lost = "key and headers" if keep_value else "key, headers or value"
+    note = f" [kept without its {lost}: {_ascii(describe(error))[:120]}]"
+    message = _cut(_ascii(d.message), MINIMAL_MESSAGE_LENGTH - len(note)) + note
+    value = s.value if keep_value else None
+    return (
+        _ascii(s.topic),
+        s.partition,
+        s.offset,
+        None,
+        value,
+        "[]",
+        str(d.code),
+        message,
+        d.failed_at,
     )
 
 
 async def write_dead_letters(conn: Conn, letters: Sequence[DeadLetter]) -> int:
     """Store dead letters; one re-read from the same Kafka position is not stored twice.
 
-    Returns how many were new.
+    Every text is made storable first (`storable_text`). A letter PostgreSQL still refuses for
+    a data reason is stored in a minimal form (position, code, short message, raw value),
+    failing that without its value, and failing that too it is logged as an error: a dead
+    letter never holds its batch back. Returns how many were new.
     """
     if not letters:
         return 0
-    sources = [d.source for d in letters]
-    status = await conn.execute(
-        _INSERT_DEAD_LETTERS,
-        [s.topic for s in sources],
-        [s.partition for s in sources],
-        [s.offset for s in sources],
-        [s.key for s in sources],
-        [s.value for s in sources],
-        [encode_headers(s.headers) for s in sources],
-        [str(d.code) for d in letters],
-        [d.message for d in letters],
-        [d.failed_at for d in letters],
+    rows: list[_LetterRow] = []
+    for d in letters:
+        try:
+            rows.append(_full_row(d))
+        except Exception as exc:
+            if not is_data_error(exc):
+                raise
+            rows.append(_degraded(d, exc))
+    return await _insert_isolating(conn, letters, rows)
+
+
+def _degraded(d: DeadLetter, error: BaseException, *, keep_value: bool = True) -> _LetterRow:
+    log.warning(
+        "dead letter kept in a minimal form",
+        extra={
+            "topic": d.source.topic,
+            "partition": d.source.partition,
+            "offset": d.source.offset,
+            "code": str(d.code),
+            "error": describe(error),
+            "value_kept": keep_value,
+        },
     )
+    return _minimal_row(d, error, keep_value=keep_value)
+
+
+async def _insert_isolating(
+    conn: Conn, letters: Sequence[DeadLetter], rows: list[_LetterRow]
+) -> int:
+    """Insert `rows`, halving around the ones refused for their data (see write_isolating)."""
+    try:
+        return await _insert_letters(conn, rows)
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        if len(rows) > 1:
+            mid = len(rows) // 2
+            return await _insert_isolating(conn, letters[:mid], rows[:mid]) + (
+                await _insert_isolating(conn, letters[mid:], rows[mid:])
+            )
+        error = exc
+    try:
+        return await _insert_letters(conn, [_degraded(letters[0], error)])
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        error = exc
+    try:
+        return await _insert_letters(conn, [_degraded(letters[0], error, keep_value=False)])
+    except Exception as exc:
+        if not is_data_error(exc):
+            raise
+        _log_unstorable(letters[0], exc)
+        return 0
+
+
+def _log_unstorable(d: DeadLetter, error: BaseException) -> None:
+    """The last resort for a letter refused in every form (a constraint nobody foresaw): the
+    log keeps it, value included, and its batch goes on rather than retrying forever."""
+    s = d.source
+    log.error(
+        "dead letter refused by the store in every form; kept in this log entry only",
+        extra={
+            "topic": s.topic,
+            "partition": s.partition,
+            "offset": s.offset,
+            "code": str(d.code),
+            "error_message": _ascii(d.message),
+            "error": describe(error),
+            "value_base64": None if s.value is None else base64.b64encode(s.value).decode(),
+        },
+    )
+
+
+async def _insert_letters(conn: Conn, rows: list[_LetterRow]) -> int:
+    columns = list(zip(*rows, strict=True))
+    if not conn.is_in_transaction():
+        status = await conn.execute(_INSERT_DEAD_LETTERS, *columns)
+    else:
+        async with conn.transaction():  # a savepoint: a refusal must not abort the caller's
+            status = await conn.execute(_INSERT_DEAD_LETTERS, *columns)
     return affected_rows(status)
