@@ -57,7 +57,9 @@ class Message:
 
     #: The event it carries (None: no event at all, `raw` is the value).
     event: dict[str, Any] | None
-    #: "valid", "truncated" (cut at `cut`), "trailing" (`raw` appended), "semantic", "raw"
+    #: "valid", "truncated" (cut at `cut`), "trailing" (`raw` appended), "semantic",
+    #: "oversized" (a field over its size limit), "conflict" (an id sent before, another
+    #: created_at), "raw"
     kind: str
     raw: bytes | None = None
     cut: int = 0
@@ -108,7 +110,17 @@ def valid_event(
 def messages(draw: st.DrawFn) -> Message:
     kind = draw(
         st.sampled_from(
-            ["valid", "valid", "valid", "truncated", "trailing", "garbage", "empty", "semantic"]
+            [
+                "valid",
+                "valid",
+                "valid",
+                "truncated",
+                "trailing",
+                "garbage",
+                "empty",
+                "semantic",
+                "oversized",
+            ]
         )
     )
     event = valid_event(
@@ -132,6 +144,11 @@ def messages(draw: st.DrawFn) -> Message:
         return Message(None, "raw", raw, headers=headers)
     if kind == "empty":
         return Message(None, "raw", draw(st.sampled_from([None, b""])), headers=headers)
+    if kind == "oversized":
+        # docs/messages.md#field-sizes: an SIS course id has at most 255 characters.
+        sis_id = "S" * draw(st.integers(256, 12_000))
+        event["course"] = {**event["course"], "sis_course_id": sis_id}
+        return Message(event, "oversized", headers=headers)
     # A well-framed event that validation refuses.
     broken = draw(st.sampled_from(["created_at", "course_id", "event_id"]))
     if broken == "created_at":
@@ -150,6 +167,12 @@ def streams(draw: st.DrawFn) -> tuple[list[Message], str | None]:
     valid = [m for m in stream if m.stored]
     if valid:
         stream.extend(draw(st.lists(st.sampled_from(valid), max_size=3)))
+        # The same event_id again with another created_at: never a second row.
+        for original in draw(st.lists(st.sampled_from(valid), max_size=2, unique_by=id)):
+            assert original.event is not None
+            moved = datetime.fromisoformat(original.event["created_at"]) + timedelta(minutes=1)
+            event = {**original.event, "created_at": moved.isoformat(timespec="milliseconds")}
+            stream.append(Message(event, "conflict", headers=original.headers))
     return stream, draw(st.sampled_from(CODECS))
 
 
