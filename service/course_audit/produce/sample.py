@@ -136,7 +136,11 @@ def sample_event(
         }
     if event_type in ("created", "updated"):
         old_name = course["name"]
-        new_name = f"{old_name} ({rng.choice(['Fall', 'Spring', 'Online'])})"
+        # The term in parentheses is replaced, not appended: a name that grew with every
+        # update would pass Canvas's 255 characters (docs/messages.md#field-sizes).
+        base, _, term = old_name.partition(" (")
+        terms = [t for t in ("Fall", "Spring", "Online") if f"{t})" != term]
+        new_name = f"{base} ({rng.choice(terms)})"
         changes: dict[str, Any] = {"name": [old_name, new_name]}
         if rng.random() < 0.5:
             changes["is_public"] = [False, True]
