@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -118,3 +121,21 @@ async def count_events(db_url: str) -> int:
 
 async def count_dead(db_url: str) -> int:
     return int(await fetchval(db_url, "SELECT count(*) FROM dead_letters"))
+
+
+async def replay_dead_letters(db_url: str, *args: str, **env: str) -> str:
+    """Run `course-audit dlq replay ARGS` against `db_url` (plus `env`); its stdout.
+
+    The command must exit 0."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "course-audit"),
+        "dlq",
+        "replay",
+        *args,
+        env={**os.environ, "AUDIT_DATABASE_URL": db_url, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await within(proc.communicate(), 60, "`course-audit dlq replay` to exit")
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

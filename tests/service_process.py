@@ -28,6 +28,19 @@ LISTENING = "http listening"
 Health = tuple[int, dict[str, Any]] | None
 
 
+def service_env(
+    db_url: str, bootstrap: str, topic: str, group_id: str, **more: str
+) -> dict[str, str]:
+    """The settings of a consuming process for one test's database, topic and group."""
+    return {
+        "AUDIT_DATABASE_URL": db_url,
+        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "AUDIT_KAFKA_TOPICS": topic,
+        "AUDIT_KAFKA_GROUP_ID": group_id,
+        **more,
+    }
+
+
 class ServiceProcess:
     """One `course-audit <command>` process with its own HTTP port and log file."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from course_audit.produce.sample import World, sample_event
 from pipeline import ENCODER, count_dead, count_events, produce
 from registry_stub import RegistryStub
-from service_process import ServiceProcess
+from service_process import ServiceProcess, service_env
 from tcp_proxy import Proxy
 from waits import eventually
 
@@ -43,13 +43,13 @@ async def test_sigterm_during_a_registry_outage_exits_promptly_and_loses_nothing
         stub.register(1, ENCODER.schema_json("updated"))
         stub.register(2, ENCODER.schema_json("published"))
         proxy = await Proxy("127.0.0.1", stub.port).start()
-        env = {
-            "AUDIT_DATABASE_URL": migrated_db_url,
-            "AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "AUDIT_KAFKA_TOPICS": topic,
-            "AUDIT_KAFKA_GROUP_ID": group_id,
-            "AUDIT_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{proxy.port}",
-        }
+        env = service_env(
+            migrated_db_url,
+            kafka_bootstrap,
+            topic,
+            group_id,
+            AUDIT_SCHEMA_REGISTRY_URL=f"http://127.0.0.1:{proxy.port}",
+        )
         first = ServiceProcess("consume", env, tmp_path / "first.log").start()
         try:
             await first.wait_health(

@@ -9,7 +9,7 @@ import aiohttp
 
 from course_audit.produce.sample import World, sample_event
 from pipeline import count_events, encode, produce
-from service_process import ServiceProcess
+from service_process import ServiceProcess, service_env
 from tcp_proxy import Proxy
 from waits import eventually
 
@@ -24,12 +24,7 @@ async def test_run_serves_the_api_while_kafka_is_unreachable_then_consumes(
     await produce(
         kafka_bootstrap, topic, [encode(sample_event(world, "published", datetime.now(UTC)))]
     )
-    env = {
-        "AUDIT_DATABASE_URL": migrated_db_url,
-        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker.port}",
-        "AUDIT_KAFKA_TOPICS": topic,
-        "AUDIT_KAFKA_GROUP_ID": group_id,
-    }
+    env = service_env(migrated_db_url, f"127.0.0.1:{broker.port}", topic, group_id)
     proc = ServiceProcess("run", env, tmp_path / "run.log").start()
     try:
         await proc.wait_log("consumer failed; starting a new one", 60)
@@ -66,12 +61,9 @@ async def test_a_quiet_consumer_is_ready_again_once_the_database_is_back(
     # from the database answering, not from a stored batch.
     db = aiohttp.client.URL(migrated_db_url)
     database = await Proxy(db.host or "127.0.0.1", db.port or 5432).start()
-    env = {
-        "AUDIT_DATABASE_URL": str(db.with_host("127.0.0.1").with_port(database.port)),
-        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "AUDIT_KAFKA_TOPICS": topic,
-        "AUDIT_KAFKA_GROUP_ID": group_id,
-    }
+    env = service_env(
+        str(db.with_host("127.0.0.1").with_port(database.port)), kafka_bootstrap, topic, group_id
+    )
     proc = ServiceProcess("consume", env, tmp_path / "consume.log").start()
     try:
         await proc.wait_ready(60)

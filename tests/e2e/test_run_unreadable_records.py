@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from course_audit.produce.sample import World, sample_event
 from kafka_batches import LZ4, Rec, batch_bytes, produce_batch
 from pipeline import count_dead, count_events, encode, fetch, produce
-from service_process import ServiceProcess
+from service_process import ServiceProcess, service_env
 from waits import eventually
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -48,13 +48,9 @@ async def test_run_survives_unreadable_records_and_keeps_serving(
         finally:
             await producer.stop()
 
-    env = {
-        "AUDIT_DATABASE_URL": migrated_db_url,
-        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "AUDIT_KAFKA_TOPICS": topic,
-        "AUDIT_KAFKA_GROUP_ID": group_id,
-        "AUDIT_BATCH_MAX_LATENCY_MS": "50",
-    }
+    env = service_env(
+        migrated_db_url, kafka_bootstrap, topic, group_id, AUDIT_BATCH_MAX_LATENCY_MS="50"
+    )
     proc = ServiceProcess("run", env, tmp_path / "run.log").start()
     try:
         await eventually(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from course_audit.produce.sample import World, sample_event
 from pipeline import count_events, encode, produce
-from service_process import ServiceProcess
+from service_process import ServiceProcess, service_env
 from waits import eventually, within
 
 
@@ -20,13 +20,7 @@ async def test_waits_unready_for_migrations_then_consumes(
     await produce(
         kafka_bootstrap, topic, [encode(sample_event(world, "published", datetime.now(UTC)))]
     )
-    env = {
-        "AUDIT_DATABASE_URL": db_url,
-        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "AUDIT_KAFKA_TOPICS": topic,
-        "AUDIT_KAFKA_GROUP_ID": group_id,
-        "AUDIT_MIGRATE_ON_START": "false",
-    }
+    env = service_env(db_url, kafka_bootstrap, topic, group_id, AUDIT_MIGRATE_ON_START="false")
     proc = ServiceProcess("consume", env, tmp_path / "consume.log").start()
     try:
         # The line it logs once it has found the schema behind and started waiting: polled

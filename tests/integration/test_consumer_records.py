@@ -7,13 +7,9 @@ with a raw Produce request (tests/kafka_batches.py), as a librdkafka producer wo
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import os
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -37,10 +33,11 @@ from pipeline import (
     encode,
     fetch,
     produce,
+    replay_dead_letters,
     running_ingestor,
     settings_for,
 )
-from waits import eventually, within
+from waits import eventually
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 BAD_NAME = b"trace-\xff\xfe"  # not UTF-8: Kafka says header names are, the broker does not check
@@ -147,22 +144,6 @@ async def test_header_name_not_utf8_is_a_dead_letter_and_its_neighbours_are_stor
     ]
 
 
-async def _replay(db_url: str, *args: str) -> str:
-    exe = Path(sys.executable).parent / "course-audit"
-    proc = await asyncio.create_subprocess_exec(
-        str(exe),
-        "dlq",
-        "replay",
-        *args,
-        env={**os.environ, "AUDIT_DATABASE_URL": db_url},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await within(proc.communicate(), 60, "`course-audit dlq replay` to exit")
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
 async def test_replay_stores_a_recovered_value_and_leaves_raw_bytes_unreadable(
     migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str
 ) -> None:
@@ -185,7 +166,7 @@ async def test_replay_stores_a_recovered_value_and_leaves_raw_bytes_unreadable(
     finally:
         await conn.close()
 
-    out = await _replay(migrated_db_url, "--code", "unreadable_record")
+    out = await replay_dead_letters(migrated_db_url, "--code", "unreadable_record")
     assert "replayed 2: stored 1, still failing 1" in out
     assert await count_events(migrated_db_url) == 1
     rows = await fetch(

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from course_audit.model import EVENT_RECORDS
 from course_audit.produce.sample import World, sample_event
 from pipeline import encode
-from service_process import ServiceProcess
+from service_process import ServiceProcess, service_env
 from waits import eventually
 
 EXAMPLES = int(os.environ.get("AUDIT_PROPERTY_EXAMPLES", "6"))
@@ -220,13 +220,9 @@ async def lag_total(proc: ServiceProcess, topic: str) -> float | None:
 async def consumer(
     migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str, tmp_path: Path
 ) -> Any:
-    env = {
-        "AUDIT_DATABASE_URL": migrated_db_url,
-        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "AUDIT_KAFKA_TOPICS": topic,
-        "AUDIT_KAFKA_GROUP_ID": group_id,
-        "AUDIT_BATCH_MAX_LATENCY_MS": "50",
-    }
+    env = service_env(
+        migrated_db_url, kafka_bootstrap, topic, group_id, AUDIT_BATCH_MAX_LATENCY_MS="50"
+    )
     proc = ServiceProcess("consume", env, tmp_path / "consume.log").start()
     await proc.wait_ready(60)
     yield proc
