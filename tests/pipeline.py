@@ -84,7 +84,9 @@ async def running_ingestor(
         pool,
         decoder,
         Metrics(),
-        Health(),
+        # What the runner's checks would say of this test's migrated, reachable database, so
+        # that readiness shows the consumer's own parts (subscribed, writes, registry).
+        Health(database_ok=True, migrations_ok=True),
         backoff=Backoff(first=0.05, cap=0.5),
         **options,
     )

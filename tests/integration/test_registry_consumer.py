@@ -79,7 +79,6 @@ async def test_hostile_registry_schemas_are_dead_letters_and_neighbours_are_stor
         RegistryClient(stub.url, retry=FAST) as client,
         running_ingestor(settings, client) as ingestor,
     ):
-        ingestor.health.migrations_ok = True  # as the runner says once migrations are applied
         await dead_lettered(migrated_db_url, len(HOSTILE))
         await stored(migrated_db_url, good)
         # Still consuming after all that, and ready.
@@ -145,7 +144,6 @@ async def test_a_registry_outage_longer_than_max_poll_interval_keeps_the_member(
                 max_poll_interval_ms=int(max_poll_interval_s * 1000),
             ) as ingestor,
         ):
-            ingestor.health.migrations_ok = True  # as the runner says once migrations are applied
             await produce(kafka_bootstrap, topic, [confluent(world, "updated", UPDATED_ID, 30)])
             await stored(migrated_db_url, 1)
             consumer = ingestor._consumer
