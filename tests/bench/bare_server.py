@@ -26,13 +26,15 @@ def _handler(column: str) -> web.Handler:
         key = int(request.match_info["id"])
         limit = int(request.query.get("per_page", "100"))
         after = request.query.get("after")
+        # The root accounts a token would grant: the page query reads those only.
+        roots = [int(r) for r in request.query.get("roots", "1").split(",")]
         cursor = None
         if after:
             micros, seq = after.split(",")
             cursor = Cursor(datetime.fromtimestamp(int(micros) / 1e6, UTC), int(seq))
         sql, _ = page_sql(column, Window(), cursor)
         async with request.app[POOL].acquire() as conn:
-            rows = await conn.fetch(sql, *page_args(key, Window(), cursor, limit + 1))
+            rows = await conn.fetch(sql, *page_args(key, roots, Window(), cursor, limit + 1))
         body = orjson.dumps([dict(r) for r in rows[:limit]], default=str)
         return web.Response(body=body, content_type="application/json")
 

@@ -18,7 +18,7 @@ from course_audit.store.db import Conn, affected_rows
 from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.writer import WriteResult, json_text
 
-_K = TypeVar("_K", int, str)
+_K = TypeVar("_K", tuple[int, int], tuple[str, int])
 
 _INSERT_ONE = (
     "INSERT INTO events (event_id, created_at, event_type, event_source, course_id, account_id,"
@@ -28,31 +28,38 @@ _INSERT_ONE = (
     " ON CONFLICT DO NOTHING"
 )
 
-# Snapshot upserts, one statement per table, by the batch statement's rules: an older event
-# never overwrites a newer snapshot, and an identical redelivery writes no new row version.
+# Snapshot upserts, one statement per table, by the batch statement's rules: each snapshot
+# under the root account of the event that carried it, an older event never overwrites a
+# newer snapshot, and an identical redelivery writes no new row version.
 _UPSERT_COURSES = """
 INSERT INTO courses AS t (id, root_account_id, account_id, sis_course_id, data, as_of)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::jsonb[],
                      $6::timestamptz[])
-ON CONFLICT (id) DO UPDATE
-   SET root_account_id = excluded.root_account_id, account_id = excluded.account_id,
-       sis_course_id = excluded.sis_course_id, data = excluded.data, as_of = excluded.as_of
+ON CONFLICT (id, root_account_id) DO UPDATE
+   SET account_id = excluded.account_id, sis_course_id = excluded.sis_course_id,
+       data = excluded.data, as_of = excluded.as_of
  WHERE excluded.as_of > t.as_of
     OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
 """
 
+_UPSERT_ACCOUNT = """
+INSERT INTO accounts AS t (id, root_account_id, as_of) VALUES ($1, $2, $3)
+ON CONFLICT (id, root_account_id) DO UPDATE SET as_of = excluded.as_of
+ WHERE excluded.as_of > t.as_of
+"""
+
 _UPSERT_USERS = """
-INSERT INTO users AS t (id, data, as_of)
-SELECT * FROM unnest($1::bigint[], $2::jsonb[], $3::timestamptz[])
-ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
+INSERT INTO users AS t (id, root_account_id, data, as_of)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[], $4::timestamptz[])
+ON CONFLICT (id, root_account_id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
  WHERE excluded.as_of > t.as_of
     OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
 """
 
 _UPSERT_PAGE_VIEWS = """
-INSERT INTO page_views AS t (id, data, as_of)
-SELECT * FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[])
-ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
+INSERT INTO page_views AS t (id, root_account_id, data, as_of)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[], $4::timestamptz[])
+ON CONFLICT (id, root_account_id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
  WHERE excluded.as_of > t.as_of
     OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
 """
@@ -83,11 +90,11 @@ def event_row(ord_: int, event: Event) -> tuple[Any, ...]:
 
 @dataclass(slots=True)
 class Snapshots:
-    """The newest snapshot per id carried by a batch: id -> (as_of, record)."""
+    """The newest snapshot per (id, root account) carried by a batch: -> (as_of, record)."""
 
-    courses: dict[int, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
-    users: dict[int, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
-    page_views: dict[str, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
+    courses: dict[tuple[int, int], tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
+    users: dict[tuple[int, int], tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
+    page_views: dict[tuple[str, int], tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
 
 
 def _keep_newest(
@@ -100,27 +107,32 @@ def _keep_newest(
 
 
 def collect_snapshots(events: Iterable[Event]) -> Snapshots:
-    """Newest snapshot per id; one row per id, as ON CONFLICT DO UPDATE requires."""
+    """Newest snapshot per (id, root account); one row per key, as ON CONFLICT DO UPDATE
+    requires. A related course of another root account gets none (linked by id only)."""
     snaps = Snapshots()
     for e in events:
-        _keep_newest(snaps.courses, e.course_id, e.created_at, e.course)
-        if e.related_course is not None:
-            _keep_newest(snaps.courses, int(e.related_course["id"]), e.created_at, e.related_course)
+        root = int(e.course["root_account_id"])
+        _keep_newest(snaps.courses, (e.course_id, root), e.created_at, e.course)
+        related = e.related_course
+        if related is not None and int(related["root_account_id"]) == root:
+            _keep_newest(snaps.courses, (int(related["id"]), root), e.created_at, related)
         if e.user is not None:
-            _keep_newest(snaps.users, int(e.user["id"]), e.created_at, e.user)
+            _keep_newest(snaps.users, (int(e.user["id"]), root), e.created_at, e.user)
         if e.page_view is not None:
-            _keep_newest(snaps.page_views, str(e.page_view["id"]), e.created_at, e.page_view)
+            _keep_newest(
+                snaps.page_views, (str(e.page_view["id"]), root), e.created_at, e.page_view
+            )
     return snaps
 
 
 async def upsert_snapshots(conn: Conn, snaps: Snapshots) -> None:
     """Store the batch's snapshots, newer-wins, one statement per table."""
     if snaps.courses:
-        ids, rows = list(snaps.courses), list(snaps.courses.values())
+        keys, rows = list(snaps.courses), list(snaps.courses.values())
         await conn.execute(
             _UPSERT_COURSES,
-            ids,
-            [int(d["root_account_id"]) for _, d in rows],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
             [int(d["account_id"]) for _, d in rows],
             [d.get("sis_course_id") for _, d in rows],
             [json_text(d) for _, d in rows],
@@ -135,8 +147,14 @@ async def upsert_snapshots(conn: Conn, snaps: Snapshots) -> None:
 async def _upsert_by_id(
     conn: Conn, sql: str, snaps: dict[_K, tuple[datetime, dict[str, Any]]]
 ) -> None:
-    rows = list(snaps.values())
-    await conn.execute(sql, list(snaps), [json_text(d) for _, d in rows], [t for t, _ in rows])
+    keys, rows = list(snaps), list(snaps.values())
+    await conn.execute(
+        sql,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [json_text(d) for _, d in rows],
+        [t for t, _ in rows],
+    )
 
 
 async def naive_write_batch_per_row(
@@ -150,4 +168,11 @@ async def naive_write_batch_per_row(
             status = await conn.execute(_INSERT_ONE, *event_row(i, event)[1:])
             inserted += affected_rows(status)
             await upsert_snapshots(conn, collect_snapshots([event]))
+            course = event.course
+            await conn.execute(
+                _UPSERT_ACCOUNT,
+                int(course["account_id"]),
+                int(course["root_account_id"]),
+                event.created_at,
+            )
     return WriteResult(inserted, len(events) - inserted)

@@ -18,10 +18,10 @@ from course_audit.store.queries import (
     Cursor,
     Refs,
     Window,
+    account_known,
     account_page,
-    account_root_account,
+    course_known,
     course_page,
-    course_root_account,
     page_args,
     page_sql,
     referenced,
@@ -62,46 +62,115 @@ async def store(conn: asyncpg.Connection[Any], events: list[Event]) -> None:
     await write_batch(conn, events, cache=PartitionCache())
 
 
-async def test_course_roots_by_id_and_sis_ids_within_roots(
+async def test_courses_are_known_within_their_roots_and_sis_ids_too(
     conn: asyncpg.Connection[Any],
 ) -> None:
     await store(conn, [event(T0, course(1)), event(T0, course(2, account=200, root=2))])
-    assert await course_root_account(conn, 1) == 1
-    assert await course_root_account(conn, 2) == 2
-    assert await course_root_account(conn, 3) is None
-    assert await course_root_account(conn, 2**63) is None  # beyond bigint
+    assert await course_known(conn, 1, [1])
+    assert await course_known(conn, 2, [2])
+    assert await course_known(conn, 2, [1, 2])
+    assert not await course_known(conn, 2, [1])  # another tenant's: as if unknown
+    assert not await course_known(conn, 3, [1, 2])
+    assert not await course_known(conn, 2**63, [1])  # beyond bigint
+    assert await course_page(conn, 2**63, [1], Window(), None, 10) == []
     assert await resolve_sis_course(conn, "SIS-2", [2]) == 2
     assert await resolve_sis_course(conn, "SIS-2", [1]) is None  # another tenant's: unknown
     assert await resolve_sis_course(conn, "nope", [1, 2]) is None
     assert await resolve_sis_course(conn, "SIS\x002", [1, 2]) is None  # NUL: no such text
 
 
-async def test_a_course_known_only_by_its_events_still_resolves(
-    conn: asyncpg.Connection[Any],
-) -> None:
-    await store(conn, [event(T0, course(5, root=3))])
-    await conn.execute("DELETE FROM courses")
-    assert await course_root_account(conn, 5) == 3
-
-
-async def test_a_course_known_only_as_a_copy_target_resolves(
+async def test_a_copy_target_of_the_same_root_is_known_with_no_events(
     conn: asyncpg.Connection[Any],
 ) -> None:
     await store(conn, [event(T0, course(1), "copied_to", related=course(9))])
-    assert await course_root_account(conn, 9) == 1
-    assert await course_page(conn, 9, Window(), None, 10) == []
+    assert await course_known(conn, 9, [1])
+    assert await course_page(conn, 9, [1], Window(), None, 10) == []
 
 
-async def test_accounts_by_events_and_snapshots_including_a_moved_course(
+async def test_a_copy_target_of_another_root_is_linked_by_id_only(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    await store(conn, [event(T0, course(1), "copied_to", related=course(9, root=2))])
+    # Root 1's producer may not say what root 2's course is: no snapshot under either root.
+    assert not await course_known(conn, 9, [1])
+    assert not await course_known(conn, 9, [2])
+    rows = await course_page(conn, 1, [1], Window(), None, 10)
+    assert [r.related_course_id for r in rows] == [9]  # the link itself stays
+    refs = referenced(rows)
+    kept = {(r.kind, r.num_id) for r in await snapshot_rows(conn, refs, [1, 2])}
+    assert kept == {("course", 1)}
+
+
+async def test_a_course_claimed_under_two_roots_shows_each_root_its_own_events(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    mine = event(T0, course(950, name="Mine"))
+    claim = event(T0 + timedelta(hours=1), course(950, account=300, root=2, name="Theirs"))
+    await store(conn, [mine])
+    await store(conn, [claim])
+    ids = [str(mine.event_id)], [str(claim.event_id)]
+    assert [r.event_id for r in await course_page(conn, 950, [1], Window(), None, 10)] == ids[0]
+    assert [r.event_id for r in await course_page(conn, 950, [2], Window(), None, 10)] == ids[1]
+    both = await course_page(conn, 950, [1, 2], Window(), None, 10)
+    assert [r.event_id for r in both] == ids[1] + ids[0]  # newest first across roots
+    assert await course_known(conn, 950, [1]) and await course_known(conn, 950, [2])
+    # Each root keeps its own snapshot: root 1 still sees the name it sent.
+    refs = Refs([950])
+    names = {
+        r.root: orjson.loads(r.data or "null")["name"]
+        for roots in ([1], [2])
+        for r in await snapshot_rows(conn, refs, roots)
+    }
+    assert names == {1: "Mine", 2: "Theirs"}
+    # The account the claim named is root 2's; root 1's account 100 stays root 1's only.
+    assert await account_known(conn, 300, [2]) and not await account_known(conn, 300, [1])
+    assert await account_known(conn, 100, [1]) and not await account_known(conn, 100, [2])
+    assert [r.event_id for r in await account_page(conn, 100, [2], Window(), None, 10)] == []
+
+
+async def test_users_and_page_views_are_kept_per_root(conn: asyncpg.Connection[Any]) -> None:
+    one = {"id": 7, "name": "Ann", "login_id": "ann@one", "sis_user_id": "one-7"}
+    two = {"id": 7, "name": "Ann", "login_id": "ann@two", "sis_user_id": "two-7"}
+    await store(conn, [event(T0, course(1), user=one, page_view={"id": "pv", "url": "/one"})])
+    await store(
+        conn,
+        [
+            event(
+                T0 + timedelta(hours=1),
+                course(2, root=2),
+                user=two,
+                page_view={"id": "pv", "url": "/two"},
+            )
+        ],
+    )
+    refs = Refs([], [7], ["pv"])
+    seen = {
+        (r.kind, r.root): orjson.loads(r.data or "null")
+        for roots in ([1], [2])
+        for r in await snapshot_rows(conn, refs, roots)
+    }
+    assert seen == {
+        ("user", 1): one,
+        ("user", 2): two,
+        ("page_view", 1): {"id": "pv", "url": "/one"},
+        ("page_view", 2): {"id": "pv", "url": "/two"},
+    }
+    # A token for both roots gets one object per id: the newest.
+    both = {r.kind: r.root for r in await snapshot_rows(conn, refs, [1, 2])}
+    assert both == {"user": 2, "page_view": 2}
+
+
+async def test_accounts_by_events_including_a_moved_course(
     conn: asyncpg.Connection[Any],
 ) -> None:
     await store(conn, [event(T0, course(1, account=100))])
     await store(conn, [event(T0 + timedelta(hours=1), course(1, account=101))])
-    assert await account_root_account(conn, 100) == 1  # only events remember it
-    assert await account_root_account(conn, 101) == 1
-    assert await account_root_account(conn, 102) is None
-    old = await account_page(conn, 100, Window(), None, 10)
-    new = await account_page(conn, 101, Window(), None, 10)
+    assert await account_known(conn, 100, [1])  # only its events remember it
+    assert await account_known(conn, 101, [1])
+    assert not await account_known(conn, 102, [1])
+    assert not await account_known(conn, 2**63, [1])
+    old = await account_page(conn, 100, [1], Window(), None, 10)
+    new = await account_page(conn, 101, [1], Window(), None, 10)
     assert [e.created_at for e in old] == [T0]
     assert [e.created_at for e in new] == [T0 + timedelta(hours=1)]
 
@@ -113,7 +182,7 @@ async def test_pages_walk_ties_exactly_once_newest_first(conn: asyncpg.Connectio
     seen: list[str] = []
     cursor: Cursor | None = None
     while True:
-        rows = await course_page(conn, 1, Window(), cursor, 4)
+        rows = await course_page(conn, 1, [1], Window(), cursor, 4)
         page = rows[:3]
         seen.extend(r.event_id for r in page)
         if len(rows) <= 3:
@@ -130,7 +199,7 @@ async def test_window_bounds(conn: asyncpg.Connection[Any]) -> None:
     events = [event(T0 + timedelta(seconds=i), course(1)) for i in range(10)]
     await store(conn, events)
     window = Window(T0 + timedelta(seconds=2), T0 + timedelta(seconds=5))
-    rows = await course_page(conn, 1, window, None, 100)
+    rows = await course_page(conn, 1, [1], window, None, 100)
     assert [r.created_at for r in rows] == [T0 + timedelta(seconds=s) for s in (4, 3, 2)]
 
 
@@ -146,12 +215,12 @@ async def test_linked_snapshots_in_one_query(conn: asyncpg.Connection[Any]) -> N
             event(T0 + timedelta(seconds=1), course(1, name="New")),
         ],
     )
-    rows = await course_page(conn, 1, Window(), None, 10)
+    rows = await course_page(conn, 1, [1], Window(), None, 10)
     refs = referenced(rows)
     assert refs == Refs([1, 2], [7], ["pv-1"])
     snapshots = {
         (r.kind, r.num_id if r.text_id is None else r.text_id): orjson.loads(r.data or "null")
-        for r in await snapshot_rows(conn, refs)
+        for r in await snapshot_rows(conn, refs, [1])
     }
     assert snapshots[("course", 1)]["name"] == "New"  # the latest snapshot
     assert snapshots[("course", 2)]["id"] == 2
@@ -184,7 +253,7 @@ async def test_snapshot_texts_are_reused_only_while_the_row_is_unchanged(
 
     async def names() -> tuple[str, str]:
         refs = Refs([1, 404], [7], ["pv-none"])
-        linked = await texts.linked(counting, refs)  # type: ignore[arg-type]
+        linked = await texts.linked(counting, refs, [1])  # type: ignore[arg-type]
         assert list(linked.courses) == [1] and not linked.page_views  # no snapshot: left out
         return orjson.loads(linked.courses[1])["name"], orjson.loads(linked.users[7])["name"]
 
@@ -199,6 +268,20 @@ async def test_snapshot_texts_are_reused_only_while_the_row_is_unchanged(
     assert await names() == ("New", "Ann")
     assert counting.queries == 7
     assert len(texts) == 2
+
+
+def only_merge_sorts(plan: dict[str, Any]) -> bool:
+    """True when the plan sorts nothing but the merge of its per-root-account ranges: a Sort
+    directly over the Nested Loop that runs one ordered index range per root account."""
+    for node in _nodes(plan):
+        if "Sort" in node["Node Type"]:
+            children = node.get("Plans", [])
+            if [c["Node Type"] for c in children] != ["Nested Loop"]:
+                return False
+            inner = _nodes(children[0])[1:]
+            if any("Sort" in n["Node Type"] for n in inner):
+                return False
+    return True
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -236,7 +319,7 @@ async def _explain(
     # A prepared statement, as asyncpg runs it; EXPLAIN EXECUTE shows the plan it gets.
     await conn.execute(f"PREPARE page AS {sql}")
     try:
-        args = ", ".join(_literal(a) for a in page_args(42, window, cursor, limit))
+        args = ", ".join(_literal(a) for a in page_args(42, [1], window, cursor, limit))
         raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE page({args})")
     finally:
         await conn.execute("DEALLOCATE page")
@@ -245,6 +328,8 @@ async def _explain(
 
 
 def _literal(value: Any) -> str:
+    if isinstance(value, list):
+        return f"'{{{','.join(str(int(v)) for v in value)}}}'::bigint[]"
     if isinstance(value, datetime):
         return f"'{value.isoformat()}'::timestamptz"
     return str(int(value))
@@ -275,10 +360,11 @@ async def test_a_deep_page_is_an_index_range_scan_like_the_first(
     for plan in (first_plan, deep_plan):
         nodes = _nodes(plan)
         kinds = {n["Node Type"] for n in nodes}
-        assert "Sort" not in kinds and "Seq Scan" not in kinds, kinds
+        assert "Seq Scan" not in kinds, kinds
+        assert only_merge_sorts(plan)
         scans = [n for n in nodes if n["Node Type"] in ("Index Scan", "Index Only Scan")]
         assert scans and all(
-            n["Index Name"].endswith("course_id_created_at_seq_idx") for n in scans
+            n["Index Name"].endswith("course_id_root_account_id_created_at_seq_idx") for n in scans
         )
         # The scans stop after the page: no more rows read than the page needs.
         assert sum(n["Actual Rows"] * n["Actual Loops"] for n in scans) == 101

@@ -212,7 +212,15 @@ async def test_batch_keeps_the_newest_snapshot_of_each_id(
             event_type="copied_from",
             event_data={},
             course_record=course(3, name="three"),
-            related_course=course(1, name="third", root_account_id=4),
+            related_course=course(1, name="third", account_id=7),
+        ),
+        make_event(
+            T0,
+            event_type="copied_from",
+            event_data={},
+            course_record=course(3, name="three"),
+            # Another root account's course: linked by id only, never given a snapshot.
+            related_course=course(8, name="foreign", root_account_id=4),
         ),
     ]
     await write_batch(conn, events, cache=cache)
@@ -222,12 +230,12 @@ async def test_batch_keeps_the_newest_snapshot_of_each_id(
     )
     courses = {r["id"]: r for r in rows}
     assert sorted(courses) == [1, 2, 3]
-    # Course 1: four candidates; at T0 the last event of the batch carries it as its related
-    # course ("third", in root account 4), which beats "first" and "second" at the same time.
-    assert json.loads(courses[1]["data"]) == course(1, name="third", root_account_id=4)
-    assert (courses[1]["as_of"], courses[1]["root_account_id"], courses[1]["sis_course_id"]) == (
+    # Course 1: four candidates; at T0 the last event of the batch carrying it carries it as
+    # its related course ("third", in account 7), which beats "first" and "second" at T0.
+    assert json.loads(courses[1]["data"]) == course(1, name="third", account_id=7)
+    assert (courses[1]["as_of"], courses[1]["account_id"], courses[1]["sis_course_id"]) == (
         T0,
-        4,
+        7,
         None,
     )
     # Course 2: the same event carries it as its own course and as the related one.

@@ -21,7 +21,6 @@ from course_audit.api.openapi import openapi_document
 from course_audit.api.params import Query, encode_bookmark, parse_query
 from course_audit.api.render import SnapshotCache, render_document, wants_string_ids
 from course_audit.api.snapshots import SnapshotTexts
-from course_audit.api.tenancy import RootCache, root_cache, within
 from course_audit.runtime.web import HEALTH, RUNTIME, SETTINGS, json_response
 from course_audit.store.db import Conn
 from course_audit.store.errors import is_transient
@@ -31,7 +30,9 @@ from course_audit.store.queries import (
     Linked,
     Refs,
     Window,
+    account_known,
     account_page,
+    course_known,
     course_page,
     referenced,
     resolve_sis_course,
@@ -57,7 +58,6 @@ class ApiState:
     tokens: TokenCache
     zone: tzinfo
     utc: bool
-    roots: RootCache = field(default_factory=root_cache)
     texts: SnapshotTexts = field(default_factory=SnapshotTexts)
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
 
@@ -115,51 +115,69 @@ async def with_database(request: web.Request, work: Callable[[Conn], Awaitable[_
     raise unavailable()  # pragma: no cover - the loop always returns or raises
 
 
-PageQuery = Callable[[Conn, int, Window, Cursor | None, int], Awaitable[list[EventRow]]]
+PageQuery = Callable[
+    [Conn, int, Collection[int], Window, Cursor | None, int], Awaitable[list[EventRow]]
+]
+Known = Callable[[Conn, int, Collection[int]], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """What an events route reads: its path parameter, how that names an id within the
-    token's root accounts (None: 404), and the page query over that id."""
+    """What an events route reads: its path parameter, how that names an id (None: 404),
+    the page query over that id within the token's root accounts, and whether the store
+    holds the id under one of them.
+
+    Tenancy (docs/api.md#tenancy) follows the root account each event was stored under: the
+    page query reads only the token's root accounts, so a page with events proves the id is
+    the token's; only an empty page asks `known`. An id nobody holds and an id only another
+    tenant holds take that same path (an empty page, one primary-key probe that finds
+    nothing), and nothing about tenancy is cached, so neither timing nor a cache tells them
+    apart.
+    """
 
     param: str
-    resolve: Callable[[Conn, ApiState, str, Collection[int]], Awaitable[int | None]]
+    resolve: Callable[[Conn, str, Collection[int]], Awaitable[int | None]]
     page: PageQuery
+    known: Known
 
 
-async def _course_id(conn: Conn, state: ApiState, raw: str, roots: Collection[int]) -> int | None:
+async def _course_id(conn: Conn, raw: str, roots: Collection[int]) -> int | None:
     if raw.startswith(SIS_COURSE_PREFIX):
         sis_id = raw[len(SIS_COURSE_PREFIX) :]
         return await resolve_sis_course(conn, sis_id, roots) if sis_id else None
-    course_id = _numeric(raw)
-    if course_id is None or not await within(conn, state.roots, "course", course_id, roots):
-        return None
-    return course_id
+    return _numeric(raw)
 
 
-async def _account_id(conn: Conn, state: ApiState, raw: str, roots: Collection[int]) -> int | None:
-    account_id = _numeric(raw)
-    if account_id is None or not await within(conn, state.roots, "account", account_id, roots):
-        return None
-    return account_id
+async def _account_id(conn: Conn, raw: str, roots: Collection[int]) -> int | None:
+    return _numeric(raw)
 
 
 #: GET /api/v1/audit/course/courses/{course_id}: one course's events, newest first; the id
 #: may be `sis_course_id:<value>`.
-COURSE = Target("course_id", _course_id, course_page)
+COURSE = Target("course_id", _course_id, course_page, course_known)
 #: GET /api/v1/audit/course/accounts/{account_id}: events of courses directly in the account.
-ACCOUNT = Target("account_id", _account_id, account_page)
+ACCOUNT = Target("account_id", _account_id, account_page, account_known)
 
 
-async def _page(conn: Conn, page: PageQuery, key: int, query: Query, texts: SnapshotTexts) -> Page:
+async def _page(
+    conn: Conn,
+    target: Target,
+    key: int,
+    roots: Collection[int],
+    query: Query,
+    texts: SnapshotTexts,
+) -> Page:
     rows = (
-        [] if query.empty else await page(conn, key, query.window, query.cursor, query.per_page + 1)
+        []
+        if query.empty
+        else await target.page(conn, key, roots, query.window, query.cursor, query.per_page + 1)
     )
+    if not rows and not await target.known(conn, key, roots):
+        raise not_found()
     has_more = len(rows) > query.per_page
     events = rows[: query.per_page]
     refs = referenced(events)
-    linked = await texts.linked(conn, refs)
+    linked = await texts.linked(conn, refs, roots)
     return Page(events, has_more, linked, refs)
 
 
@@ -199,10 +217,11 @@ def events_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Resp
         async def work(conn: Conn) -> tuple[int, Query, Page]:
             info = await authenticate(conn, token, state.tokens)
             query = parse_query(request.query, state.zone)
-            key = await target.resolve(conn, state, raw, info.root_account_ids)
+            roots = info.root_account_ids
+            key = await target.resolve(conn, raw, roots)
             if key is None:
                 raise not_found()
-            return key, query, await _page(conn, target.page, key, query, state.texts)
+            return key, query, await _page(conn, target, key, roots, query, state.texts)
 
         key, query, page = await with_database(request, work)
         # The numeric id in links, also for a course asked for by its SIS id.

@@ -11,7 +11,7 @@ snapshot than the store holds when the page is read.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from course_audit.cache import TtlCache
@@ -29,7 +29,8 @@ _COURSE, _USER, _PAGE_VIEW = Kind.COURSE.value, Kind.USER.value, Kind.PAGE_VIEW.
 
 
 class SnapshotTexts:
-    """Snapshot texts by kind and id, with the row version they were read at."""
+    """Snapshot texts by kind and id, with the root account and row version they were read
+    at (each root account keeps its own snapshot of an id: docs/api.md#tenancy)."""
 
     def __init__(
         self,
@@ -37,13 +38,16 @@ class SnapshotTexts:
         size: int = SNAPSHOT_TEXTS_SIZE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: TtlCache[tuple[str, Any], tuple[int, str]] = TtlCache(size, ttl_s, clock)
+        self._entries: TtlCache[tuple[str, Any], tuple[int, int, str]] = TtlCache(
+            size, ttl_s, clock
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def linked(self, conn: Conn, refs: Refs) -> Linked:
-        """The latest snapshots of the given ids: versions from the store, texts from here.
+    async def linked(self, conn: Conn, refs: Refs, roots: Collection[int]) -> Linked:
+        """The latest snapshots of the given ids within `roots`: versions from the store,
+        texts from here.
 
         One round trip when every snapshot is known at its current version, two otherwise.
         """
@@ -60,20 +64,22 @@ class SnapshotTexts:
             _USER: missing.users,
             _PAGE_VIEW: missing.page_views,
         }
-        rows = await snapshot_versions(conn, refs)
-        keys = [(kind, text_id if num_id is None else num_id) for kind, num_id, text_id, _ in rows]
+        rows = await snapshot_versions(conn, refs, roots)
+        keys = [(kind, text_id if num_id is None else num_id) for kind, num_id, text_id, *_ in rows]
         cached = self._entries.get_many(keys)
         for (kind, key), row, entry in zip(keys, rows, cached, strict=True):
-            if entry is not None and entry[0] == row[3]:  # the same row version
-                found[kind][key] = entry[1]
+            # The same root account's snapshot at the same row version.
+            if entry is not None and entry[0] == row[3] and entry[1] == row[4]:
+                found[kind][key] = entry[2]
             else:
                 absent[kind].append(key)
         if missing:
             # A snapshot may have changed again since its version was read: this reads (and
             # shows) the newer one.
-            for snapshot in await snapshot_rows(conn, missing):
+            for snapshot in await snapshot_rows(conn, missing, roots):
                 key = snapshot.text_id if snapshot.num_id is None else snapshot.num_id
                 if snapshot.data is not None:
-                    self._entries.put((snapshot.kind, key), (snapshot.version, snapshot.data))
+                    entry = (snapshot.root, snapshot.version, snapshot.data)
+                    self._entries.put((snapshot.kind, key), entry)
                     found[snapshot.kind][key] = snapshot.data
         return linked

@@ -30,6 +30,7 @@ from course_audit.store.errors import describe, is_data_error, is_transient
 from course_audit.store.partitions import ensure_partition_for
 from course_audit.store.writer import (
     Conflict,
+    TenantClaim,
     write_batch,
     write_dead_letters,
     write_isolating,
@@ -108,6 +109,7 @@ class BatchStore:
                 else:
                     self.metrics.stored.inc(stored.inserted)
                     self.metrics.duplicates.inc(stored.duplicates)
+                    self._report_claims(stored.tenant_claims)
                     # Rare: events whose id is stored with another created_at or content.
                     # Their letters come after the committed batch; if writing them fails,
                     # the retry finds the batch stored and the same conflicts again.
@@ -135,7 +137,23 @@ class BatchStore:
                     await write_dead_letters(conn, dead)
         self.metrics.stored.inc(result.inserted)
         self.metrics.duplicates.inc(result.duplicates)
+        self._report_claims(result.tenant_claims)
         self._count_dead(dead)
+
+    def _report_claims(self, claims: list[TenantClaim]) -> None:
+        """Say which producer data put a course or account under a second root account
+        (docs/store.md#tenant-scope); the events are stored under the root they name."""
+        for claim in claims:
+            self.metrics.tenant_claims.labels(claim.kind).inc()
+            log.warning(
+                f"{claim.kind} stored under a second root account",
+                extra={
+                    "kind": claim.kind,
+                    "id": claim.id,
+                    "root_account_id": claim.root_account_id,
+                    "other_root_account_ids": list(claim.other_root_account_ids),
+                },
+            )
 
     def _count_dead(self, letters: list[DeadLetter]) -> None:
         for letter in letters:

@@ -32,6 +32,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.tenant_claims = Counter(
+            "course_audit_tenant_claims",
+            "courses or accounts stored under a root account while another holds them too"
+            " (once per batch and id)",
+            ["kind"],
+            registry=r,
+        )
         self.db_errors = Counter(
             "course_audit_database_errors", "failed database attempts (retried)", registry=r
         )

@@ -90,14 +90,15 @@ class Linked:
     page_views: dict[str, str] = field(default_factory=dict)
 
 
-# The snapshot answers for almost every course; the events only for one whose snapshot is
-# gone (a course is "known" by either). LIMIT 1 stops the Append at the first row.
-_COURSE_ROOT = """
-SELECT root_account_id FROM courses WHERE id = $1
-UNION ALL
-(SELECT root_account_id FROM events WHERE course_id = $1
-  ORDER BY created_at DESC, seq DESC LIMIT 1)
-LIMIT 1
+# Whether a course or account is known within root accounts: one primary-key probe, the same
+# work for an id that is unknown and for one that only another tenant holds
+# (docs/api.md#tenancy). Every stored event writes its course's snapshot and its account's
+# row under the event's own root account, so these answer for every stored event.
+_COURSE_KNOWN = """
+SELECT EXISTS (SELECT FROM courses WHERE id = $1 AND root_account_id = ANY($2::bigint[]))
+"""
+_ACCOUNT_KNOWN = """
+SELECT EXISTS (SELECT FROM accounts WHERE id = $1 AND root_account_id = ANY($2::bigint[]))
 """
 
 # SIS ids are unique within a root account, not across them: with a token for several root
@@ -109,49 +110,46 @@ SELECT id FROM courses
  LIMIT 1
 """
 
-# An account is known through a course whose snapshot has it, or through events recorded
-# while a course was in it (a course may have moved away since).
-_ACCOUNT_ROOT = """
-(SELECT root_account_id FROM courses WHERE account_id = $1 LIMIT 1)
-UNION ALL
-(SELECT root_account_id FROM events WHERE account_id = $1
-  ORDER BY created_at DESC, seq DESC LIMIT 1)
-LIMIT 1
-"""
-
 _EVENT_COLUMNS = (
     "event_id::text AS event_id, created_at, seq, event_type, event_source, course_id,"
     " user_id, page_view_id, sis_batch_id, related_course_id, event_data::text AS event_data"
 )
 
-# One round trip for all three snapshot kinds of a page. Numeric and text ids get columns of
-# their own so that neither needs converting on the way out. `xmin` (the transaction that
-# wrote the row version) identifies a snapshot's version: every change to a row gives it a
-# new one, so a reader holding the data of (id, xmin) holds that snapshot's current data.
-_LINKED = f"""
-SELECT '{Kind.COURSE}' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version,
-       data::text AS data
-  FROM courses WHERE id = ANY($1::bigint[])
-UNION ALL
-SELECT '{Kind.USER}', id, NULL, xmin, data::text FROM users WHERE id = ANY($2::bigint[])
-UNION ALL
-SELECT '{Kind.PAGE_VIEW}', NULL, id, xmin, data::text FROM page_views WHERE id = ANY($3::text[])
-"""
 
+# One round trip for all three snapshot kinds of a page, within the token's root accounts
+# ($4): each root account has its own snapshot of an id, and where the token reaches several
+# the newest is shown (docs/api.md#tenancy). Numeric and text ids get columns of their own so
+# that neither needs converting on the way out. `xmin` (the transaction that wrote the row
+# version) with the root account identifies a snapshot's version: every change to a row gives
+# it a new one, so a reader holding the data of (id, root, xmin) holds that snapshot's data.
+def _linked_sql(data: bool) -> str:
+    extra = ", data::text AS data" if data else ""
+
+    def kind(name: Kind, table: str, num: str, text: str, param: str) -> str:
+        return (
+            f"(SELECT DISTINCT ON (id) '{name}' AS kind, {num} AS num_id, {text} AS text_id,"
+            f" root_account_id AS root, xmin AS version{extra} FROM {table}"
+            f" WHERE id = ANY({param}) AND root_account_id = ANY($4::bigint[])"
+            " ORDER BY id, as_of DESC, root_account_id)"
+        )
+
+    return "\nUNION ALL\n".join(
+        (
+            kind(Kind.COURSE, "courses", "id", "NULL::text", "$1::bigint[]"),
+            kind(Kind.USER, "users", "id", "NULL::text", "$2::bigint[]"),
+            kind(Kind.PAGE_VIEW, "page_views", "NULL::bigint", "id", "$3::text[]"),
+        )
+    )
+
+
+_LINKED = _linked_sql(data=True)
 # The same rows without their data: turning jsonb into text and shipping it is most of the
 # cost of the snapshot query, and an API process already holds most snapshots it shows.
-_LINKED_VERSIONS = f"""
-SELECT '{Kind.COURSE}' AS kind, id AS num_id, NULL::text AS text_id, xmin AS version
-  FROM courses WHERE id = ANY($1::bigint[])
-UNION ALL
-SELECT '{Kind.USER}', id, NULL, xmin FROM users WHERE id = ANY($2::bigint[])
-UNION ALL
-SELECT '{Kind.PAGE_VIEW}', NULL, id, xmin FROM page_views WHERE id = ANY($3::text[])
-"""
+_LINKED_VERSIONS = _linked_sql(data=False)
 
 
 class SnapshotRow(NamedTuple):
-    """One stored snapshot: its kind (a `Kind` value), id, row version and data.
+    """One stored snapshot: its kind (a `Kind` value), id, root account, row version, data.
 
     `data` is None in the rows of `snapshot_versions`.
     """
@@ -159,6 +157,7 @@ class SnapshotRow(NamedTuple):
     kind: str
     num_id: int | None
     text_id: str | None
+    root: int
     version: int
     data: str | None = None
 
@@ -166,15 +165,18 @@ class SnapshotRow(NamedTuple):
 def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, int]:
     """The page query on `column` (course_id or account_id) and its number of parameters.
 
-    Only the clauses in use are written out, so every variant gets a plan of its own with
-    partition pruning. The redundant `created_at <= cursor time` lets PostgreSQL prune the
-    partitions newer than the cursor; the row comparison is the exact keyset condition and
-    an index condition of the (…, created_at DESC, seq DESC) index.
+    $1 is the course or account, $2 the token's root accounts: each root account's events
+    are one range of the (column, root_account_id, created_at DESC, seq DESC) index, read in
+    the API's order, and the ranges are merged; events another tenant's producers stored
+    under the same id are never read (docs/api.md#tenancy). Only the clauses in use are
+    written out, so every variant gets a plan of its own with partition pruning. The
+    redundant `created_at <= cursor time` lets PostgreSQL prune the partitions newer than
+    the cursor; the row comparison is the exact keyset condition and an index condition.
     """
     if column not in ("course_id", "account_id"):
         raise ValueError(f"no page query on {column}")
-    clauses = [f"{column} = $1"]
-    n = 1
+    clauses = [f"{column} = $1", "root_account_id = r.root"]
+    n = 2
     if window.since is not None:
         n += 1
         clauses.append(f"created_at >= ${n}")
@@ -191,19 +193,23 @@ def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, i
     # account (thousands of events) made every generic plan look dearer than a fresh one,
     # so each request planned the query again (docs/performance.md#generic-plan). Capped at the
     # largest page, the generic plan is costed for what it reads and is kept; the outer
-    # LIMIT still stops the scan after the rows asked for.
+    # LIMIT still stops after the rows asked for.
     sql = (
-        f"SELECT * FROM (SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
-        f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}) page LIMIT ${n}"
+        f"SELECT page.* FROM unnest($2::bigint[]) AS r(root) CROSS JOIN LATERAL"
+        f" (SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+        f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}) page"
+        f" ORDER BY page.created_at DESC, page.seq DESC LIMIT ${n}"
     )
     return sql, n
 
 
-def page_args(key: int, window: Window, cursor: Cursor | None, limit: int) -> list[Any]:
+def page_args(
+    key: int, roots: Collection[int], window: Window, cursor: Cursor | None, limit: int
+) -> list[Any]:
     """The arguments of `page_sql` for the same window and cursor, in order."""
     if not 0 < limit <= MAX_PAGE_ROWS:
         raise ValueError(f"a page query reads 1 to {MAX_PAGE_ROWS} rows, not {limit}")
-    args: list[Any] = [key]
+    args: list[Any] = [key, sorted(set(roots))]
     if window.since is not None:
         args.append(window.since)
     if window.until is not None:
@@ -214,12 +220,18 @@ def page_args(key: int, window: Window, cursor: Cursor | None, limit: int) -> li
     return args
 
 
-async def course_root_account(conn: Conn, course_id: int) -> int | None:
-    """Root account of a known course, or None when the store knows nothing of it."""
+async def course_known(conn: Conn, course_id: int, roots: Collection[int]) -> bool:
+    """True when the store holds the course under one of `roots`."""
     if not 0 < course_id <= MAX_ID:
-        return None
-    root = await conn.fetchval(_COURSE_ROOT, course_id)
-    return None if root is None else int(root)
+        return False
+    return bool(await conn.fetchval(_COURSE_KNOWN, course_id, list(roots)))
+
+
+async def account_known(conn: Conn, account_id: int, roots: Collection[int]) -> bool:
+    """True when an event stored under one of `roots` names the account."""
+    if not 0 < account_id <= MAX_ID:
+        return False
+    return bool(await conn.fetchval(_ACCOUNT_KNOWN, account_id, list(roots)))
 
 
 async def resolve_sis_course(conn: Conn, sis_course_id: str, roots: Collection[int]) -> int | None:
@@ -230,35 +242,45 @@ async def resolve_sis_course(conn: Conn, sis_course_id: str, roots: Collection[i
     return None if found is None else int(found)
 
 
-async def account_root_account(conn: Conn, account_id: int) -> int | None:
-    """Root account of a known account, or None when no known course has (or had) it."""
-    if not 0 < account_id <= MAX_ID:
-        return None
-    root = await conn.fetchval(_ACCOUNT_ROOT, account_id)
-    return None if root is None else int(root)
-
-
 async def _page(
-    conn: Conn, column: str, key: int, window: Window, cursor: Cursor | None, limit: int
+    conn: Conn,
+    column: str,
+    key: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
 ) -> list[EventRow]:
+    if not 0 < key <= MAX_ID:
+        return []
     sql, _ = page_sql(column, window, cursor)
-    rows = await conn.fetch(sql, *page_args(key, window, cursor, limit))
+    rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit))
     # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
     return list(map(EventRow._make, rows))
 
 
 async def course_page(
-    conn: Conn, course_id: int, window: Window, cursor: Cursor | None, limit: int
+    conn: Conn,
+    course_id: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
 ) -> list[EventRow]:
-    """Up to `limit` events of a course after `cursor`, newest first."""
-    return await _page(conn, "course_id", course_id, window, cursor, limit)
+    """Up to `limit` events of a course stored under `roots`, after `cursor`, newest first."""
+    return await _page(conn, "course_id", course_id, roots, window, cursor, limit)
 
 
 async def account_page(
-    conn: Conn, account_id: int, window: Window, cursor: Cursor | None, limit: int
+    conn: Conn,
+    account_id: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
 ) -> list[EventRow]:
-    """Up to `limit` events whose direct account was `account_id`, newest first."""
-    return await _page(conn, "account_id", account_id, window, cursor, limit)
+    """Up to `limit` events stored under `roots` whose direct account was `account_id`."""
+    return await _page(conn, "account_id", account_id, roots, window, cursor, limit)
 
 
 def referenced(events: Sequence[EventRow]) -> Refs:
@@ -277,17 +299,21 @@ def referenced(events: Sequence[EventRow]) -> Refs:
     return Refs(list(courses), list(users), list(page_views))
 
 
-async def snapshot_rows(conn: Conn, refs: Refs) -> list[SnapshotRow]:
-    """Latest snapshots of the given ids with their versions, in one round trip."""
+async def snapshot_rows(conn: Conn, refs: Refs, roots: Collection[int]) -> list[SnapshotRow]:
+    """Latest snapshots of the given ids within `roots`, with their versions, in one round
+    trip."""
     if not refs:
         return []
-    rows = await conn.fetch(_LINKED, refs.courses, refs.users, refs.page_views)
+    rows = await conn.fetch(_LINKED, refs.courses, refs.users, refs.page_views, list(roots))
     return [SnapshotRow(*r) for r in rows]
 
 
-async def snapshot_versions(conn: Conn, refs: Refs) -> list[asyncpg.Record]:
-    """The current version of each given id's snapshot, in one round trip: records of
-    (kind, num_id, text_id, version), left as asyncpg gives them (this runs on every page)."""
+async def snapshot_versions(conn: Conn, refs: Refs, roots: Collection[int]) -> list[asyncpg.Record]:
+    """The current version of each given id's snapshot within `roots`, in one round trip:
+    records of (kind, num_id, text_id, root, version), left as asyncpg gives them (this runs
+    on every page)."""
     if not refs:
         return []
-    return await conn.fetch(_LINKED_VERSIONS, refs.courses, refs.users, refs.page_views)
+    return await conn.fetch(
+        _LINKED_VERSIONS, refs.courses, refs.users, refs.page_views, list(roots)
+    )

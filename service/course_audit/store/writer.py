@@ -54,13 +54,34 @@ def _iso(when: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantClaim:
+    """A course or account just stored under a root account while other root accounts hold
+    it too (docs/store.md#tenant-scope): stored all the same, each tenant seeing its own."""
+
+    kind: str  # "course" or "account"
+    id: int
+    root_account_id: int
+    #: The other root accounts the store (or the same batch) holds this id under.
+    other_root_account_ids: tuple[int, ...]
+
+
+def _claims(text: str) -> list[TenantClaim]:
+    return [
+        TenantClaim(kind, int(key), int(root), tuple(others))
+        for kind, key, root, others in orjson.loads(text)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     """Events newly stored; events already stored (or repeated in the batch) with the same
-    created_at and content; events whose id is stored with another created_at or content."""
+    created_at and content; events whose id is stored with another created_at or content;
+    courses and accounts the new events claimed for a second root account."""
 
     inserted: int
     duplicates: int
     conflicts: list[Conflict] = field(default_factory=list)
+    tenant_claims: list[TenantClaim] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +100,7 @@ class IsolatedWrite:
     duplicates: int
     rejected: list[Rejected] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
+    tenant_claims: list[TenantClaim] = field(default_factory=list)
 
 
 # A whole batch in one statement, so in one round trip: the consumer's event loop is busy
@@ -133,44 +155,80 @@ WITH batch AS MATERIALIZED (
     ON CONFLICT DO NOTHING
     RETURNING 1
 ), course_snapshots AS (
-    SELECT DISTINCT ON (id) id, data, at
-      FROM (SELECT (r->4->>'id')::bigint AS id, r->4 AS data, at, ord, 0 AS related
+    SELECT DISTINCT ON (id, root) id, root, data, at, related
+      FROM (SELECT (r->4->>'id')::bigint AS id, (r->4->>'root_account_id')::bigint AS root,
+                   r->4 AS data, at, ord, 0 AS related
               FROM new
             UNION ALL
-            SELECT (r->8->>'id')::bigint, r->8, at, ord, 1
+            SELECT (r->8->>'id')::bigint, (r->8->>'root_account_id')::bigint, r->8, at, ord, 1
               FROM new
-             WHERE jsonb_typeof(r->8) = 'object') AS carried
-     ORDER BY id, at DESC, ord DESC, related DESC
+             WHERE jsonb_typeof(r->8) = 'object'
+               AND r->8->'root_account_id' = r->4->'root_account_id') AS carried
+     ORDER BY id, root, at DESC, ord DESC, related DESC
 ), courses_upserted AS (
     INSERT INTO courses AS t (id, root_account_id, account_id, sis_course_id, data, as_of)
-    SELECT id, (data->>'root_account_id')::bigint, (data->>'account_id')::bigint,
-           data->>'sis_course_id', data, at
+    SELECT id, root, (data->>'account_id')::bigint, data->>'sis_course_id', data, at
       FROM course_snapshots
-    ON CONFLICT (id) DO UPDATE
-       SET root_account_id = excluded.root_account_id, account_id = excluded.account_id,
-           sis_course_id = excluded.sis_course_id, data = excluded.data, as_of = excluded.as_of
+    ON CONFLICT (id, root_account_id) DO UPDATE
+       SET account_id = excluded.account_id, sis_course_id = excluded.sis_course_id,
+           data = excluded.data, as_of = excluded.as_of
      WHERE excluded.as_of > t.as_of
         OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+), account_refs AS MATERIALIZED (
+    SELECT (r->4->>'account_id')::bigint AS id, (r->4->>'root_account_id')::bigint AS root,
+           max(at) AS at
+      FROM new
+     GROUP BY 1, 2
+), accounts_upserted AS (
+    INSERT INTO accounts AS t (id, root_account_id, as_of)
+    SELECT id, root, at FROM account_refs
+    ON CONFLICT (id, root_account_id) DO UPDATE SET as_of = excluded.as_of
+     WHERE excluded.as_of > t.as_of
 ), users_upserted AS (
-    INSERT INTO users AS t (id, data, as_of)
-    SELECT DISTINCT ON (id) id, data, at
-      FROM (SELECT (r->5->>'id')::bigint AS id, r->5 AS data, at, ord
+    INSERT INTO users AS t (id, root_account_id, data, as_of)
+    SELECT DISTINCT ON (id, root) id, root, data, at
+      FROM (SELECT (r->5->>'id')::bigint AS id, (r->4->>'root_account_id')::bigint AS root,
+                   r->5 AS data, at, ord
               FROM new
              WHERE jsonb_typeof(r->5) = 'object') AS carried
-     ORDER BY id, at DESC, ord DESC
-    ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
+     ORDER BY id, root, at DESC, ord DESC
+    ON CONFLICT (id, root_account_id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
      WHERE excluded.as_of > t.as_of
         OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
 ), page_views_upserted AS (
-    INSERT INTO page_views AS t (id, data, as_of)
-    SELECT DISTINCT ON (id) id, data, at
-      FROM (SELECT r->6->>'id' AS id, r->6 AS data, at, ord
+    INSERT INTO page_views AS t (id, root_account_id, data, as_of)
+    SELECT DISTINCT ON (id, root) id, root, data, at
+      FROM (SELECT r->6->>'id' AS id, (r->4->>'root_account_id')::bigint AS root,
+                   r->6 AS data, at, ord
               FROM new
              WHERE jsonb_typeof(r->6) = 'object') AS carried
-     ORDER BY id, at DESC, ord DESC
-    ON CONFLICT (id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
+     ORDER BY id, root, at DESC, ord DESC
+    ON CONFLICT (id, root_account_id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
      WHERE excluded.as_of > t.as_of
         OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+), tenant_conflicts AS (
+    -- A course or account stored under a root account while another root account already
+    -- holds it (before this statement, or in this batch): stored all the same, and reported
+    -- (docs/store.md#tenant-scope).
+    SELECT 'course' AS kind, s.id, s.root,
+           array(SELECT DISTINCT o.root
+                   FROM (SELECT root_account_id AS root FROM courses WHERE id = s.id
+                         UNION ALL
+                         SELECT root FROM course_snapshots WHERE id = s.id) AS o
+                  WHERE o.root <> s.root
+                  ORDER BY 1) AS others
+      FROM (SELECT DISTINCT (r->4->>'id')::bigint AS id,
+                   (r->4->>'root_account_id')::bigint AS root
+              FROM new) AS s
+    UNION ALL
+    SELECT 'account', a.id, a.root,
+           array(SELECT DISTINCT o.root
+                   FROM (SELECT root_account_id AS root FROM accounts WHERE id = a.id
+                         UNION ALL
+                         SELECT root FROM account_refs WHERE id = a.id) AS o
+                  WHERE o.root <> a.root
+                  ORDER BY 1)
+      FROM account_refs a
 ), judged AS (
     SELECT b.ord, s.created_at AS stored_at, s.same
       FROM batch b
@@ -193,6 +251,8 @@ WITH batch AS MATERIALIZED (
      WHERE NOT EXISTS (SELECT FROM new n WHERE n.ord = b.ord)
 )
 SELECT (SELECT count(*) FROM stored) AS inserted,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(kind, id, root, others)), '[]')::text
+          FROM tenant_conflicts WHERE cardinality(others) > 0) AS tenant_conflicts,
        coalesce(array_agg(ord ORDER BY ord), '{}') AS odd,
        coalesce(array_agg(stored_at ORDER BY ord), '{}') AS stored_at
   FROM judged
@@ -262,12 +322,14 @@ async def write_batch(
     """
     inserted = duplicates = 0
     conflicts: list[Conflict] = []
+    claims: list[TenantClaim] = []
     pending = list(events)
     for _ in range(_MAX_ROUNDS):
         if not pending:
-            return WriteResult(inserted, duplicates, conflicts)
+            return WriteResult(inserted, duplicates, conflicts, claims)
         done = await _write_round(conn, pending, cache)
         inserted += done.inserted
+        claims.extend(done.tenant_claims)
         # The rest of the round: events already stored, or repeated, with the same content.
         duplicates += len(pending) - done.inserted - len(done.odd)
         unjudged: list[Event] = []
@@ -308,6 +370,7 @@ class _Round:
     #: created_at its id is stored with (a conflict), or None (not judged: write it again).
     odd: list[int]
     stored_at: list[datetime | None]
+    tenant_claims: list[TenantClaim]
 
 
 async def _write(conn: Conn, document: str) -> _Round:
@@ -320,7 +383,7 @@ async def _write(conn: Conn, document: str) -> _Round:
         async with conn.transaction():
             row = await conn.fetchrow(_WRITE_BATCH, document)
     assert row is not None
-    return _Round(row["inserted"], row["odd"], row["stored_at"])
+    return _Round(row["inserted"], row["odd"], row["stored_at"], _claims(row["tenant_conflicts"]))
 
 
 async def write_isolating(
@@ -346,8 +409,11 @@ async def write_isolating(
             left.duplicates + right.duplicates,
             left.rejected + right.rejected,
             left.conflicts + right.conflicts,
+            left.tenant_claims + right.tenant_claims,
         )
-    return IsolatedWrite(result.inserted, result.duplicates, [], result.conflicts)
+    return IsolatedWrite(
+        result.inserted, result.duplicates, [], result.conflicts, result.tenant_claims
+    )
 
 
 #: The longest error message kept with a dead letter, in characters; the rest is cut.
