@@ -10,6 +10,9 @@ import asyncpg
 import orjson
 import pytest
 
+from course_audit.api import handlers
+from course_audit.api.errors import ApiError
+from course_audit.api.params import parse_query
 from course_audit.api.snapshots import SnapshotTexts
 from course_audit.model import Event
 from course_audit.retention import month_of
@@ -377,3 +380,47 @@ async def test_a_deep_page_is_an_index_range_scan_like_the_first(
     # Page 1,000 touches about as many buffers as page 1 (no OFFSET: nothing skipped).
     buffers = [p["Shared Hit Blocks"] + p["Shared Read Blocks"] for p in (first_plan, deep_plan)]
     assert buffers[1] <= 2 * buffers[0] + 20, buffers
+
+
+class Recording:
+    """A connection that records the statements sent through it, in order."""
+
+    def __init__(self, conn: asyncpg.Connection[Any]) -> None:
+        self.conn = conn
+        self.sent: list[str] = []
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        self.sent.append(sql)
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        self.sent.append(sql)
+        return await self.conn.fetchval(sql, *args)
+
+
+@pytest.mark.parametrize("target", ["course", "account"])
+async def test_a_foreign_id_takes_the_path_of_an_unknown_one(
+    conn: asyncpg.Connection[Any], target: str
+) -> None:
+    # Root 2's course 2000 in account 200, with events: for a root 1 token, it must be
+    # answered by the same statements as an id nobody holds.
+    await store(
+        conn, [event(T0 + timedelta(seconds=i), course(2000, 200, root=2)) for i in range(5)]
+    )
+    await store(conn, [event(T0, course(1, 100))])
+    chosen = handlers.COURSE if target == "course" else handlers.ACCOUNT
+    foreign, unknown = (2000, 200)[target == "account"], 987_654
+    query = parse_query({}, UTC)
+    paths = []
+    for key in (foreign, unknown):
+        recording = Recording(conn)
+        with pytest.raises(ApiError) as raised:
+            await handlers._page(recording, chosen, key, [1], query, SnapshotTexts())  # type: ignore[arg-type]
+        assert raised.value.status == 404
+        paths.append(recording.sent)
+    assert paths[0] == paths[1] and len(paths[0]) == 2  # an empty page, then one probe
+    # And the owner reads its events in one statement: no probe when the page has events.
+    owner = Recording(conn)
+    page = await handlers._page(owner, chosen, foreign, [2], query, SnapshotTexts())  # type: ignore[arg-type]
+    assert len(page.events) == 5 and owner.sent[0] == paths[0][0]
+    assert not any("EXISTS" in sql for sql in owner.sent)

@@ -14,7 +14,12 @@ from bench.naive import naive_write_batch_per_row
 from course_audit.model import Event, Source
 from course_audit.store.errors import is_data_error, is_transient
 from course_audit.store.partitions import PartitionCache, drop_expired, list_partitions
-from course_audit.store.writer import WriteResult, write_batch, write_isolating
+from course_audit.store.writer import (
+    TenantClaim,
+    WriteResult,
+    write_batch,
+    write_isolating,
+)
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
 
@@ -391,3 +396,39 @@ async def test_naive_baseline_stores_the_same_rows(
     assert (first.inserted, first.duplicates) == (3, 1)
     assert (await write_batch(conn, events, cache=cache)).inserted == 0
     assert await count(conn) == 3 and await count(conn, "courses") == 1
+
+
+async def test_a_course_first_stored_under_a_second_root_is_reported_once(
+    conn: asyncpg.Connection[Any], cache: PartitionCache
+) -> None:
+    first = make_event(T0, course_record=course(950, account_id=100))
+    assert (await write_batch(conn, [first], cache=cache)).tenant_claims == []
+    claim = make_event(
+        T0 + timedelta(hours=1), course_record=course(950, account_id=100, root_account_id=2)
+    )
+    result = await write_batch(conn, [claim], cache=cache)
+    assert result.inserted == 1  # stored all the same, under the root account it names
+    assert sorted(result.tenant_claims, key=lambda c: c.kind) == [
+        TenantClaim("account", 100, 2, (1,)),
+        TenantClaim("course", 950, 2, (1,)),
+    ]
+    # Later events of that id under that root, and a redelivery, are stored silently.
+    again = make_event(
+        T0 + timedelta(hours=2), course_record=course(950, account_id=100, root_account_id=2)
+    )
+    assert (await write_batch(conn, [again, claim], cache=cache)).tenant_claims == []
+    # A move between accounts of the same root account is no claim.
+    moved = make_event(T0 + timedelta(hours=3), course_record=course(950, account_id=101))
+    assert (await write_batch(conn, [moved], cache=cache)).tenant_claims == []
+    # Two root accounts first naming one id in the same batch: each is reported.
+    pair = [
+        make_event(T0, course_record=course(960, account_id=300)),
+        make_event(T0, course_record=course(960, account_id=300, root_account_id=3)),
+    ]
+    claims = (await write_batch(conn, pair, cache=cache)).tenant_claims
+    assert sorted((c.kind, c.root_account_id, c.other_root_account_ids) for c in claims) == [
+        ("account", 1, (3,)),
+        ("account", 3, (1,)),
+        ("course", 1, (3,)),
+        ("course", 3, (1,)),
+    ]

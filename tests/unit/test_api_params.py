@@ -198,6 +198,6 @@ def test_a_repeated_parameter_takes_its_last_value() -> None:
 
 def test_the_largest_page_and_its_lookahead_row_fit_one_page_query() -> None:
     # The page query caps its scan at MAX_PAGE_ROWS; the API asks for per_page + 1 rows.
-    assert page_args(1, Window(), None, MAX_PER_PAGE + 1)[-1] == MAX_PER_PAGE + 1
+    assert page_args(1, [1], Window(), None, MAX_PER_PAGE + 1)[-1] == MAX_PER_PAGE + 1
     with pytest.raises(ValueError):
-        page_args(1, Window(), None, MAX_PAGE_ROWS + 1)
+        page_args(1, [1], Window(), None, MAX_PAGE_ROWS + 1)

@@ -185,6 +185,9 @@ _SCHEMAS: dict[str, Any] = {
             "events": {"type": "array", "items": _ref("CourseEvent")},
             "linked": {
                 "type": "object",
+                "description": "The objects the events refer to, as the token's root "
+                "accounts' latest snapshots; a copy/reset course of another root account is "
+                "left out (linked by id only).",
                 "required": ["page_views", "courses", "users"],
                 "additionalProperties": False,
                 "properties": {
@@ -432,7 +435,14 @@ def _template() -> dict[str, Any]:
             "version": __version__,
             "description": "Canvas LMS's Course Audit log API served from a Kafka-fed store. "
             'Errors are JSON: `{"errors":[{"message":...}]}`, with '
-            "`Cache-Control: no-store`.",
+            "`Cache-Control: no-store`.\n\n"
+            "Tenancy: a token reads what was stored under its root accounts only. Each event "
+            "is stored under the root account its course carried when it was produced, so a "
+            "course id sent under two root accounts shows each its own events; linked "
+            "courses, users and page views are the token's root accounts' own snapshots (a "
+            "user's login_id and sis_user_id as that root account sent them); a copy/reset "
+            "course of another root account is linked by id only; and another tenant's "
+            "course or account is a 404 exactly like an unknown id.",
         },
         "servers": [{"url": "/"}],
         "tags": [{"name": "Course Audit log"}, {"name": "Operations"}],

@@ -141,7 +141,7 @@ class BatchStore:
         self._count_dead(dead)
 
     def _report_claims(self, claims: list[TenantClaim]) -> None:
-        """Say which producer data put a course or account under a second root account
+        """Say which producer data first put a course or account under a second root account
         (docs/store.md#tenant-scope); the events are stored under the root they name."""
         for claim in claims:
             self.metrics.tenant_claims.labels(claim.kind).inc()

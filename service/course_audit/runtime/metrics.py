@@ -34,8 +34,7 @@ class Metrics:
         )
         self.tenant_claims = Counter(
             "course_audit_tenant_claims",
-            "courses or accounts stored under a root account while another holds them too"
-            " (once per batch and id)",
+            "courses or accounts stored under a second root account (once per id and root)",
             ["kind"],
             registry=r,
         )

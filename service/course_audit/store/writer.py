@@ -55,8 +55,9 @@ def _iso(when: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TenantClaim:
-    """A course or account just stored under a root account while other root accounts hold
-    it too (docs/store.md#tenant-scope): stored all the same, each tenant seeing its own."""
+    """A course or account stored under a root account for the first time while other root
+    accounts hold it too (docs/store.md#tenant-scope): stored all the same, each tenant
+    seeing its own."""
 
     kind: str  # "course" or "account"
     id: int
@@ -207,9 +208,9 @@ WITH batch AS MATERIALIZED (
      WHERE excluded.as_of > t.as_of
         OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
 ), tenant_conflicts AS (
-    -- A course or account stored under a root account while another root account already
-    -- holds it (before this statement, or in this batch): stored all the same, and reported
-    -- (docs/store.md#tenant-scope).
+    -- A course or account stored under a root account for the first time while another
+    -- root account already holds it (before this statement, or in this batch): stored all
+    -- the same, and reported once (docs/store.md#tenant-scope).
     SELECT 'course' AS kind, s.id, s.root,
            array(SELECT DISTINCT o.root
                    FROM (SELECT root_account_id AS root FROM courses WHERE id = s.id
@@ -220,6 +221,7 @@ WITH batch AS MATERIALIZED (
       FROM (SELECT DISTINCT (r->4->>'id')::bigint AS id,
                    (r->4->>'root_account_id')::bigint AS root
               FROM new) AS s
+     WHERE NOT EXISTS (SELECT FROM courses c WHERE c.id = s.id AND c.root_account_id = s.root)
     UNION ALL
     SELECT 'account', a.id, a.root,
            array(SELECT DISTINCT o.root
@@ -229,6 +231,7 @@ WITH batch AS MATERIALIZED (
                   WHERE o.root <> a.root
                   ORDER BY 1)
       FROM account_refs a
+     WHERE NOT EXISTS (SELECT FROM accounts t WHERE t.id = a.id AND t.root_account_id = a.root)
 ), judged AS (
     SELECT b.ord, s.created_at AS stored_at, s.same
       FROM batch b
