@@ -6,6 +6,10 @@
 -- (key: id, root_account_id), the API's page queries read one root account at a time, and
 -- an account is known to a root account through the events stored under it (`accounts`).
 -- See docs/store.md#tenant-scope for what a producer sending such data gets.
+--
+-- No index on the snapshot tables' as_of: every batch moves as_of forward on the rows it
+-- touches, and an index on it would make each of those updates write index entries (no
+-- HOT update); expiring old snapshots is a rare scan instead.
 
 -- Writers of the previous version must not change snapshots while they are re-keyed below.
 LOCK TABLE events, courses, users, page_views IN SHARE MODE;
@@ -36,7 +40,6 @@ SELECT DISTINCT ON (course_id, root_account_id)
   FROM events
  ORDER BY course_id, root_account_id, created_at DESC, seq DESC
 ON CONFLICT DO NOTHING;
-CREATE INDEX courses_as_of_idx ON courses (as_of);
 
 -- Accounts known to each root account: an account is within a token when an event stored
 -- under one of its root accounts names it. as_of: the newest such event.
@@ -50,7 +53,6 @@ INSERT INTO accounts (id, root_account_id, as_of)
 SELECT account_id, root_account_id, max(created_at)
   FROM events
  GROUP BY account_id, root_account_id;
-CREATE INDEX accounts_as_of_idx ON accounts (as_of);
 
 -- Users: login_id, sis_user_id and integration_id belong to a root account's login
 -- (pseudonym), so each root account keeps the user as its own events sent it. The existing
@@ -78,7 +80,6 @@ SELECT DISTINCT ON (e.user_id, e.root_account_id)
  WHERE e.root_account_id <> u.root_account_id
  ORDER BY e.user_id, e.root_account_id, e.created_at DESC, e.seq DESC
 ON CONFLICT DO NOTHING;
-CREATE INDEX users_as_of_idx ON users (as_of);
 
 -- Page views (URLs, IP addresses, user agents): each under the root account of the event
 -- that carried it.
@@ -94,4 +95,3 @@ DELETE FROM page_views WHERE root_account_id IS NULL;
 ALTER TABLE page_views ALTER COLUMN root_account_id SET NOT NULL;
 ALTER TABLE page_views DROP CONSTRAINT page_views_pkey;
 ALTER TABLE page_views ADD PRIMARY KEY (id, root_account_id);
-CREATE INDEX page_views_as_of_idx ON page_views (as_of);
