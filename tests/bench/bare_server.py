@@ -32,7 +32,7 @@ def _handler(column: str) -> web.Handler:
         if after:
             micros, seq = after.split(",")
             cursor = Cursor(datetime.fromtimestamp(int(micros) / 1e6, UTC), int(seq))
-        sql, _ = page_sql(column, Window(), cursor)
+        sql, _ = page_sql(column, Window(), cursor, len(set(roots)))
         async with request.app[POOL].acquire() as conn:
             rows = await conn.fetch(sql, *page_args(key, roots, Window(), cursor, limit + 1))
         body = orjson.dumps([dict(r) for r in rows[:limit]], default=str)

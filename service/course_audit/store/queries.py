@@ -162,20 +162,27 @@ class SnapshotRow(NamedTuple):
     data: str | None = None
 
 
-def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, int]:
-    """The page query on `column` (course_id or account_id) and its number of parameters.
+def page_sql(column: str, window: Window, cursor: Cursor | None, roots: int = 1) -> tuple[str, int]:
+    """The page query on `column` (course_id or account_id) for a token of `roots` root
+    accounts, and its number of parameters.
 
-    $1 is the course or account, $2 the token's root accounts: each root account's events
-    are one range of the (column, root_account_id, created_at DESC, seq DESC) index, read in
-    the API's order, and the ranges are merged; events another tenant's producers stored
-    under the same id are never read (docs/api.md#tenancy). Only the clauses in use are
-    written out, so every variant gets a plan of its own with partition pruning. The
-    redundant `created_at <= cursor time` lets PostgreSQL prune the partitions newer than
-    the cursor; the row comparison is the exact keyset condition and an index condition.
+    $1 is the course or account and $2 the token's root account (or, for several, their
+    array): each root account's events are one range of the (column, root_account_id,
+    created_at DESC, seq DESC) index, read in the API's order; events another tenant's
+    producers stored under the same id are never read (docs/api.md#tenancy). With one root
+    account, almost every token, that range is the whole query; with several, the query runs
+    one range per root account and merges them (a sort of at most 101 rows each), which
+    costs about twice as much. Only the clauses in use are written out, so every variant
+    gets a plan of its own with partition pruning. The redundant `created_at <= cursor time`
+    lets PostgreSQL prune the partitions newer than the cursor; the row comparison is the
+    exact keyset condition and an index condition.
     """
     if column not in ("course_id", "account_id"):
         raise ValueError(f"no page query on {column}")
-    clauses = [f"{column} = $1", "root_account_id = r.root"]
+    if roots < 1:
+        raise ValueError("a page query reads one or more root accounts")
+    several = roots > 1
+    clauses = [f"{column} = $1", "root_account_id = r.root" if several else "root_account_id = $2"]
     n = 2
     if window.since is not None:
         n += 1
@@ -194,10 +201,14 @@ def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, i
     # so each request planned the query again (docs/performance.md#generic-plan). Capped at the
     # largest page, the generic plan is costed for what it reads and is kept; the outer
     # LIMIT still stops after the rows asked for.
+    inner = (
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
+        f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}"
+    )
+    if not several:
+        return f"SELECT * FROM ({inner}) page LIMIT ${n}", n
     sql = (
-        f"SELECT page.* FROM unnest($2::bigint[]) AS r(root) CROSS JOIN LATERAL"
-        f" (SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
-        f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}) page"
+        f"SELECT page.* FROM unnest($2::bigint[]) AS r(root) CROSS JOIN LATERAL ({inner}) page"
         f" ORDER BY page.created_at DESC, page.seq DESC LIMIT ${n}"
     )
     return sql, n
@@ -206,10 +217,11 @@ def page_sql(column: str, window: Window, cursor: Cursor | None) -> tuple[str, i
 def page_args(
     key: int, roots: Collection[int], window: Window, cursor: Cursor | None, limit: int
 ) -> list[Any]:
-    """The arguments of `page_sql` for the same window and cursor, in order."""
+    """The arguments of `page_sql` for the same window, cursor and number of roots."""
     if not 0 < limit <= MAX_PAGE_ROWS:
         raise ValueError(f"a page query reads 1 to {MAX_PAGE_ROWS} rows, not {limit}")
-    args: list[Any] = [key, sorted(set(roots))]
+    distinct = sorted(set(roots))
+    args: list[Any] = [key, distinct if len(distinct) > 1 else distinct[0]]
     if window.since is not None:
         args.append(window.since)
     if window.until is not None:
@@ -253,7 +265,7 @@ async def _page(
 ) -> list[EventRow]:
     if not 0 < key <= MAX_ID:
         return []
-    sql, _ = page_sql(column, window, cursor)
+    sql, _ = page_sql(column, window, cursor, len(set(roots)))
     rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit))
     # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
     return list(map(EventRow._make, rows))
