@@ -130,6 +130,20 @@ class Settings:
         parse=iana_zone,
         doc="zone for rendering and for offset-less parameters",
     )
+    consumer_database_url: str | None = setting(
+        None,
+        env="AUDIT_CONSUMER_DATABASE_URL",
+        parse=url("postgresql", "postgres"),
+        doc="the store as `consume` (and `run`'s consumer) reaches it, as a member of"
+        " `course_audit_writer`; default: AUDIT_DATABASE_URL",
+    )
+    api_database_url: str | None = setting(
+        None,
+        env="AUDIT_API_DATABASE_URL",
+        parse=url("postgresql", "postgres"),
+        doc="the store as `serve` (and `run`'s API) reaches it, as a member of"
+        " `course_audit_reader`; default: AUDIT_DATABASE_URL",
+    )
     retention_months: int = setting(
         14,
         env="AUDIT_RETENTION_MONTHS",
@@ -155,6 +169,12 @@ class Settings:
         parse=integer(1, 60_000),
         doc="longest a message waits for its batch to fill",
     )
+    dead_letter_retention_days: int = setting(
+        90,
+        env="AUDIT_DEAD_LETTER_RETENTION_DAYS",
+        parse=integer(0, 36500),
+        doc="days a dead letter is kept, by the database's clock; 0 keeps them all",
+    )
     migrate_on_start: bool = setting(
         True,
         env="AUDIT_MIGRATE_ON_START",
@@ -165,7 +185,7 @@ class Settings:
         3600,
         env="AUDIT_MAINTENANCE_INTERVAL_S",
         parse=integer(1, 7 * 86400),
-        doc="how often partitions are created ahead and expired ones dropped",
+        doc="how often the consumer creates partitions ahead and expires old data",
     )
     db_pool_max: int = setting(
         10,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -15,6 +15,7 @@ from course_audit.store.partitions import (
     ensure_partition_for,
     ensure_partitions,
     list_partitions,
+    partition_name,
 )
 
 NOW = datetime(2026, 11, 15, 9, 30, tzinfo=UTC)
@@ -77,31 +78,80 @@ async def insert_at(conn: asyncpg.Connection[Any], ts: str) -> None:
     )
 
 
+async def db_month(conn: asyncpg.Connection[Any]) -> date:
+    """The current UTC month by the database's clock (what retention goes by)."""
+    now: datetime = await conn.fetchval("SELECT now()")
+    return date(now.astimezone(UTC).year, now.astimezone(UTC).month, 1)
+
+
+def stamp(month: date, suffix: str = "T00:00:00Z") -> str:
+    return month.isoformat() + suffix
+
+
 async def test_drop_expired_drops_exactly_the_expired_months(
     conn: asyncpg.Connection[Any],
 ) -> None:
-    months = {add_months(date(2025, 6, 1), n) for n in range(20)}  # 2025-06 .. 2027-01
+    current = await db_month(conn)
+    months = {add_months(current, n) for n in range(-19, 2)}
     await ensure_partition_for(conn, months, cache=PartitionCache())
-    for ts in ("2025-08-31T23:59:59Z", "2025-09-01T00:00:00Z", "2026-11-15T00:00:00Z"):
-        await insert_at(conn, ts)
+    last_expired = add_months(current, -15)
+    first_kept = add_months(current, -14)
+    await insert_at(
+        conn, (datetime.fromisoformat(stamp(first_kept)) - timedelta(seconds=1)).isoformat()
+    )
+    await insert_at(conn, stamp(first_kept))
+    await insert_at(conn, stamp(current, "T00:00:01Z"))
 
-    # 14 months before 2026-11-15 is 2025-09-15: August 2025 and older hold only expired
-    # events; September 2025 still holds some that are not.
-    dropped = await drop_expired(conn, 14, NOW, cache=PartitionCache())
-    assert dropped == ["events_y2025m06", "events_y2025m07", "events_y2025m08"]
+    # 14 months before this month: the month 15 back and older hold only expired events;
+    # the month 14 back is the oldest kept, whole.
+    dropped = await drop_expired(conn, 14, cache=PartitionCache())
+    assert dropped == [partition_name(add_months(current, n)) for n in range(-19, -14)]
+    assert partition_name(last_expired) in dropped
     remaining = await names(conn)
-    assert remaining[0] == "events_y2025m09" and len(remaining) == 17
+    assert remaining[0] == partition_name(first_kept) and len(remaining) == 16
     kept = await conn.fetch("SELECT created_at FROM events ORDER BY created_at")
-    assert [r["created_at"].isoformat() for r in kept] == [
-        "2025-09-01T00:00:00+00:00",
-        "2026-11-15T00:00:00+00:00",
+    assert [r["created_at"] for r in kept] == [
+        datetime.fromisoformat(stamp(first_kept)),
+        datetime.fromisoformat(stamp(current, "T00:00:01Z")),
     ]
-    assert await drop_expired(conn, 14, NOW, cache=PartitionCache()) == []
+    assert await drop_expired(conn, 14, cache=PartitionCache()) == []
+
+
+async def test_a_process_clock_ahead_drops_nothing_current(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    # The consumer's clock no longer takes part: whatever the process believes the date is,
+    # the database's now() decides. This month and last hold events; a retention of one
+    # month keeps both, and so does a process whose clock ran a year ahead (the old code
+    # computed the cutoff from it and dropped both months).
+    current = await db_month(conn)
+    previous = add_months(current, -1)
+    await ensure_partition_for(conn, {previous, current}, cache=PartitionCache())
+    await insert_at(conn, stamp(previous, "T12:00:00Z"))
+    await insert_at(conn, stamp(current, "T00:00:01Z"))
+    assert await drop_expired(conn, 1, cache=PartitionCache()) == []
+    assert await names(conn) == sorted([partition_name(previous), partition_name(current)])
+
+
+async def test_a_partition_whose_bounds_hold_current_events_is_never_dropped(
+    conn: asyncpg.Connection[Any],
+) -> None:
+    # A table named like a long-gone month, attached by hand with bounds over this month:
+    # the name says "expired", the bounds (which PostgreSQL enforces) say otherwise.
+    current = await db_month(conn)
+    await conn.execute(
+        f"CREATE TABLE events_y2001m01 PARTITION OF events FOR VALUES"
+        f" FROM ('{stamp(current)}') TO ('{stamp(add_months(current, 1))}')"
+    )
+    await insert_at(conn, stamp(current, "T00:00:01Z"))
+    assert await drop_expired(conn, 1, cache=PartitionCache()) == []
+    assert await names(conn) == ["events_y2001m01"]
+    assert await conn.fetchval("SELECT count(*) FROM events") == 1
 
 
 async def test_retention_zero_keeps_everything(conn: asyncpg.Connection[Any]) -> None:
     await ensure_partition_for(conn, {date(2001, 1, 1)}, cache=PartitionCache())
-    assert await drop_expired(conn, 0, NOW, cache=PartitionCache()) == []
+    assert await drop_expired(conn, 0, cache=PartitionCache()) == []
     assert await names(conn) == ["events_y2001m01"]
 
 
@@ -110,5 +160,5 @@ async def test_drop_expired_forgets_dropped_months_in_its_cache(
 ) -> None:
     cache = PartitionCache()
     await ensure_partition_for(conn, {date(2020, 1, 1)}, cache=cache)
-    assert await drop_expired(conn, 12, NOW, cache=cache) == ["events_y2020m01"]
+    assert await drop_expired(conn, 12, cache=cache) == ["events_y2020m01"]
     assert await ensure_partition_for(conn, {date(2020, 1, 1)}, cache=cache) == ["events_y2020m01"]

@@ -26,6 +26,7 @@ from course_audit.store.dead_letters import (
     update_dead_letter_error,
 )
 from course_audit.store.errors import describe, is_data_error
+from course_audit.store.expiry import expire_dead_letters, expire_snapshots
 from course_audit.store.migrate import migrate
 from course_audit.store.partitions import drop_expired, ensure_partitions
 from course_audit.store.tokens import create_token, list_tokens, revoke_token
@@ -134,9 +135,13 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
     async with _connection(settings) as conn:
         created = await ensure_partitions(conn, settings.partitions_ahead)
-        dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
+        dropped = await drop_expired(conn, settings.retention_months)
+        snapshots = await expire_snapshots(conn, settings.retention_months)
+        letters = await expire_dead_letters(conn, settings.dead_letter_retention_days)
     print(f"created: {', '.join(created) or 'none'}")
     print(f"dropped: {', '.join(dropped) or 'none'}")
+    print(f"snapshots expired: {sum(snapshots.values())}")
+    print(f"dead letters expired: {letters}")
     return 0
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -20,6 +20,7 @@ from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import RUNTIME, build_app
 from course_audit.store.errors import is_transient
+from course_audit.store.expiry import expire_dead_letters, expire_snapshots
 from course_audit.store.migrate import migrate, pending_migrations
 from course_audit.store.partitions import drop_expired, ensure_partitions
 from course_audit.wire.registry import RegistryClient
@@ -41,13 +42,16 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
-async def open_pool(settings: Settings, health: Health, stopping: asyncio.Event) -> asyncpg.Pool:
-    """Create the connection pool, waiting (with backoff) while the database is unreachable."""
+async def open_pool(
+    settings: Settings, health: Health, stopping: asyncio.Event, url: str | None = None
+) -> asyncpg.Pool:
+    """Create a connection pool (to `url`, else AUDIT_DATABASE_URL), waiting (with backoff)
+    while the database is unreachable."""
     attempt = 0
     while True:
         try:
             pool: asyncpg.Pool = await asyncpg.create_pool(
-                settings.database_url,
+                url or settings.database_url,
                 min_size=1,
                 max_size=settings.db_pool_max,
                 command_timeout=60,
@@ -68,18 +72,30 @@ async def open_pool(settings: Settings, health: Health, stopping: asyncio.Event)
 
 
 async def prepare_store(
-    settings: Settings, pool: asyncpg.Pool, health: Health, stopping: asyncio.Event
+    settings: Settings,
+    pool: asyncpg.Pool,
+    health: Health,
+    stopping: asyncio.Event,
+    *,
+    create_partitions: bool = True,
 ) -> None:
-    """Apply migrations (unless disabled), else wait for them; create the coming partitions.
+    """Apply migrations (unless disabled), else wait for them; create the coming partitions
+    (the consumer's job: `serve`'s read-only role may not).
 
-    With AUDIT_MIGRATE_ON_START=false another process (a migration job) owns the schema: this
-    one stays unready and starts no work until that job has applied every migration.
+    Migrations run as AUDIT_DATABASE_URL's role, the schema's owner, whatever role `pool`
+    has (docs/operations.md#database-roles). With AUDIT_MIGRATE_ON_START=false another
+    process (a migration job) owns the schema: this one stays unready and starts no work
+    until that job has applied every migration.
     """
+    if settings.migrate_on_start:
+        owner = await asyncpg.connect(settings.database_url)
+        try:
+            applied = await migrate(owner)
+        finally:
+            await owner.close()
+        if applied:
+            log.info("migrations applied", extra={"versions": applied})
     async with pool.acquire() as conn:
-        if settings.migrate_on_start:
-            applied = await migrate(conn)
-            if applied:
-                log.info("migrations applied", extra={"versions": applied})
         pending = await pending_migrations(conn)
         while pending:
             health.migrations_ok = False
@@ -91,17 +107,31 @@ async def prepare_store(
                 raise asyncio.CancelledError()
             pending = await pending_migrations(conn)
         health.migrations_ok = True
-        await ensure_partitions(conn, settings.partitions_ahead)
+        if create_partitions:
+            await ensure_partitions(conn, settings.partitions_ahead)
 
 
-async def maintain(settings: Settings, pool: asyncpg.Pool) -> dict[str, list[str]]:
-    """Create partitions ahead and drop expired ones once; return what changed."""
+async def maintain(settings: Settings, pool: asyncpg.Pool) -> dict[str, Any]:
+    """One maintenance pass: create partitions ahead, drop expired months, then expire the
+    snapshots no stored event refers to and old dead letters; return what changed.
+
+    What has expired is decided by the database's clock (docs/store.md#retention).
+    """
     async with pool.acquire() as conn:
         created = await ensure_partitions(conn, settings.partitions_ahead)
-        dropped = await drop_expired(conn, settings.retention_months, datetime.now(UTC))
-    if created or dropped:
-        log.info("partition maintenance", extra={"created": created, "dropped": dropped})
-    return {"created": created, "dropped": dropped}
+        dropped = await drop_expired(conn, settings.retention_months)
+        snapshots = await expire_snapshots(conn, settings.retention_months)
+        letters = await expire_dead_letters(conn, settings.dead_letter_retention_days)
+    # (Not "created": every log record has an attribute of that name.)
+    done = {
+        "partitions_created": created,
+        "partitions_dropped": dropped,
+        "snapshots_expired": {k: v for k, v in snapshots.items() if v},
+        "dead_letters_expired": letters,
+    }
+    if any(done.values()):
+        log.info("maintenance", extra=done)
+    return done
 
 
 async def _maintenance_loop(settings: Settings, pool: asyncpg.Pool) -> None:
@@ -110,11 +140,12 @@ async def _maintenance_loop(settings: Settings, pool: asyncpg.Pool) -> None:
         try:
             await maintain(settings, pool)
         except Exception as exc:  # the next round tries again; never kill the process
-            log.warning("partition maintenance failed", extra={"error": str(exc)})
+            log.warning("maintenance failed", extra={"error": str(exc)})
 
 
-async def _watch_database(pool: asyncpg.Pool, health: Health) -> None:
-    """Keep `database_ok` current for readiness: whether the database answers a query now.
+async def _watch_database(pools: list[asyncpg.Pool], health: Health) -> None:
+    """Keep `database_ok` current for readiness: whether the database answers a query now,
+    through every pool of the process.
 
     (A consumer whose writes fail says so itself, in `writes_failing`: the database may
     answer while a batch still cannot be stored.)
@@ -122,8 +153,9 @@ async def _watch_database(pool: asyncpg.Pool, health: Health) -> None:
     while True:
         await asyncio.sleep(1.0)
         try:
-            async with pool.acquire(timeout=2) as conn:
-                await conn.fetchval("SELECT 1", timeout=2)
+            for pool in pools:
+                async with pool.acquire(timeout=2) as conn:
+                    await conn.fetchval("SELECT 1", timeout=2)
             health.database_ok = True
         except Exception:
             health.database_ok = False
@@ -192,19 +224,27 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
     log.info("http listening", extra={"host": settings.http_host, "port": port})
 
     background: list[asyncio.Task[None]] = []
-    pool: asyncpg.Pool | None = None
+    pools: list[asyncpg.Pool] = []
     registry: RegistryClient | None = None
+    # Each role with its own database role (docs/operations.md#database-roles): one pool
+    # per distinct URL.
+    consumer_url = settings.consumer_database_url or settings.database_url
+    api_url = settings.api_database_url or settings.database_url
     try:
-        pool = await open_pool(settings, health, stopping)
+        pool = await open_pool(settings, health, stopping, consumer_url if consume else api_url)
+        pools.append(pool)
+        if consume and serve_api and api_url != consumer_url:
+            pools.append(await open_pool(settings, health, stopping, api_url))
         # Attached before readiness can turn true, so a ready API never answers 503 for it.
-        app[RUNTIME].pool = pool
-        await prepare_store(settings, pool, health, stopping)
-        background.append(asyncio.create_task(_watch_database(pool, health)))
-        background.append(asyncio.create_task(_maintenance_loop(settings, pool)))
+        app[RUNTIME].pool = pools[-1]
+        await prepare_store(settings, pool, health, stopping, create_partitions=consume)
+        background.append(asyncio.create_task(_watch_database(pools, health)))
         if not consume:
             await stopping.wait()
             log.info("stopping")
             return 0
+        # Maintenance is the consumer's: API replicas never drop or expire anything.
+        background.append(asyncio.create_task(_maintenance_loop(settings, pool)))
         if settings.schema_registry_url:
             registry = RegistryClient(settings.schema_registry_url)
         decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
@@ -222,5 +262,5 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
         await runner.cleanup()
         if registry is not None:
             await registry.close()
-        if pool is not None:
+        for pool in pools:
             await pool.close()

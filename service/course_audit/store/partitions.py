@@ -4,7 +4,9 @@ Partition DDL takes an ACCESS EXCLUSIVE lock on `events`, so it runs in its own 
 transaction, before the write transaction that needs it (never inside one: two writers holding
 row locks on `events` while each waits to create a partition would deadlock), serialised
 between replicas by an advisory lock and bounded by a lock timeout so it cannot queue up
-readers behind a long query.
+readers behind a long query. The DDL itself is done by two functions of the store (migration
+0004) that run as the schema's owner, so the consumer's database role needs no DDL right;
+what has expired is decided there too, by the database's clock (docs/store.md#retention).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from datetime import UTC, date, datetime
 
 import asyncpg
 
-from course_audit.retention import add_months, month_of, retention_cutoff
-from course_audit.store.db import PARTITION_LOCK, Conn, advisory_xact_lock, affected_rows
+from course_audit.retention import add_months, month_of
+from course_audit.store.db import Conn, affected_rows
 
 #: How long partition DDL waits for its lock on `events` before giving up (retried later).
 DDL_LOCK_TIMEOUT = "10s"
@@ -98,21 +100,14 @@ async def ensure_partition_for(
 
 
 async def _create(conn: Conn, months: set[date]) -> list[str]:
-    created: list[str] = []
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        await advisory_xact_lock(conn, PARTITION_LOCK)
-        existing = await list_partitions(conn)
-        for month in sorted(months - existing.keys()):
-            name = partition_name(month)
-            # Bounds carry an explicit UTC offset so the session time zone cannot shift them.
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF events FOR VALUES"
-                f" FROM ('{month.isoformat()} 00:00:00+00')"
-                f" TO ('{add_months(month, 1).isoformat()} 00:00:00+00')"
-            )
-            created.append(name)
-    return created
+    # Months the catalog already lists cost no call (and no lock); the function checks again
+    # under its lock.
+    existing = await list_partitions(conn)
+    wanted = sorted(months - existing.keys())
+    if not wanted:
+        return []
+    created = await conn.fetchval("SELECT course_audit_create_partitions($1::date[])", wanted)
+    return list(created)
 
 
 async def ensure_partitions(
@@ -129,43 +124,37 @@ async def ensure_partitions(
 
 
 async def drop_expired(
-    conn: Conn,
-    retention_months: int,
-    now: datetime | None = None,
-    *,
-    cache: PartitionCache | None = None,
+    conn: Conn, retention_months: int, *, cache: PartitionCache | None = None
 ) -> list[str]:
-    """Drop partitions holding only events before the retention cutoff; return their names.
+    """Drop partitions holding only events past retention; return their names.
 
-    The cutoff is `retention_cutoff`'s, the one the consumer applies to arriving events. 0 (or
-    less) keeps everything.
+    The cutoff is the database's: the first instant of the oldest month kept, `now()` in
+    PostgreSQL less `retention_months` whole UTC months (course_audit_retention_cutoff), so a
+    replica whose clock runs ahead drops nothing early. 0 (or less) keeps everything.
     """
     if retention_months <= 0:
         return []
     cache = DEFAULT_CACHE if cache is None else cache
-    cutoff = month_of(retention_cutoff(now or datetime.now(UTC), retention_months))
-    # The ids of those events first, in a transaction of its own that locks no table: an id
+    # The ids of those events first, in a statement of its own that locks no table: an id
     # kept past its event would make a later event with that id a conflict with nothing.
     # Dropping the partitions first, a crash in between would leave such ids behind; this
     # way round it leaves events without ids for a moment, which nothing can re-send (they
     # are past retention on arrival), and the next pass finishes the job.
-    await delete_expired_ids(conn, cutoff)
-    dropped: list[str] = []
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        await advisory_xact_lock(conn, PARTITION_LOCK)
-        for month, name in sorted((await list_partitions(conn)).items()):
-            if add_months(month, 1) <= cutoff:
-                await conn.execute(f"DROP TABLE IF EXISTS {name}")
-                dropped.append(name)
-                cache.discard([month])
+    await delete_expired_ids(conn, retention_months)
+    dropped = list(
+        await conn.fetchval("SELECT course_audit_drop_expired_partitions($1)", retention_months)
+    )
+    for name in dropped:
+        match = _NAME.match(name)
+        if match:
+            cache.discard([date(int(match[1]), int(match[2]), 1)])
     return dropped
 
 
-async def delete_expired_ids(conn: Conn, cutoff: date) -> int:
-    """Delete the event_ids entries of events before `cutoff` (a month's first day, UTC)."""
+async def delete_expired_ids(conn: Conn, retention_months: int) -> int:
+    """Delete the event_ids entries of events past retention (by the database's clock)."""
     status = await conn.execute(
-        "DELETE FROM event_ids WHERE created_at < $1",
-        datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC),
+        "DELETE FROM event_ids WHERE created_at < course_audit_retention_cutoff($1)",
+        retention_months,
     )
     return affected_rows(status)

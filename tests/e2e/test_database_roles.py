@@ -1,0 +1,134 @@
+"""Each subcommand with its own database role (docs/operations.md#database-roles), end to end:
+`consume` as a member of course_audit_writer, `serve` as a member of course_audit_reader,
+neither given the owner's URL; and maintenance run by the consumer only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+from test_api_support import make_event
+
+from course_audit.retention import add_months, month_of
+from course_audit.store.tokens import create_token
+from pipeline import encode, produce
+from service_process import ServiceProcess, service_env
+from waits import eventually
+
+pytestmark = pytest.mark.e2e
+
+#: Where no PostgreSQL listens: the owner's URL a restricted process must never need.
+NO_OWNER = "postgresql://owner@127.0.0.1:1/nowhere"
+
+
+def as_role(url: str, role: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, f"{role}:pw@{host}", parts.path, "", ""))
+
+
+async def test_consume_as_writer_and_serve_as_reader(
+    server_url: str,
+    migrated_db_url: str,
+    kafka_bootstrap: str,
+    topic: str,
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    writer, reader = f"w_{suffix}", f"r_{suffix}"
+    admin = await asyncpg.connect(server_url)
+    owner = await asyncpg.connect(migrated_db_url)
+    await admin.execute(f"CREATE ROLE {writer} LOGIN PASSWORD 'pw' IN ROLE course_audit_writer")
+    await admin.execute(f"CREATE ROLE {reader} LOGIN PASSWORD 'pw' IN ROLE course_audit_reader")
+    serve = consume = None
+    try:
+        now: datetime = await owner.fetchval("SELECT now()")
+        expired = add_months(month_of(now), -20)
+        expired_name = f"events_y{expired.year:04d}m{expired.month:02d}"
+        await owner.fetchval("SELECT course_audit_create_partitions(ARRAY[$1::date])", expired)
+
+        # The API replica first, with a 1 s maintenance interval it must not act on.
+        serve = ServiceProcess(
+            "serve",
+            {
+                "AUDIT_DATABASE_URL": NO_OWNER,
+                "AUDIT_API_DATABASE_URL": as_role(migrated_db_url, reader),
+                "AUDIT_MIGRATE_ON_START": "false",
+                "AUDIT_MAINTENANCE_INTERVAL_S": "1",
+            },
+            tmp_path / "serve.log",
+        ).start()
+        await serve.wait_ready()
+
+        consume = ServiceProcess(
+            "consume",
+            service_env(
+                NO_OWNER,
+                kafka_bootstrap,
+                topic,
+                group_id,
+                AUDIT_CONSUMER_DATABASE_URL=as_role(migrated_db_url, writer),
+                AUDIT_MIGRATE_ON_START="false",
+                AUDIT_MAINTENANCE_INTERVAL_S="1",
+                AUDIT_BATCH_MAX_LATENCY_MS="50",
+            ),
+            tmp_path / "consume.log",
+        ).start()
+        await consume.wait_ready()
+
+        course = {"id": 77, "account_id": 7, "root_account_id": 1, "name": "Roles"}
+        older = add_months(month_of(now), -2)  # a month with no partition yet
+        events = [
+            make_event("updated", now.astimezone(UTC), course),
+            make_event("updated", datetime(older.year, older.month, 3, tzinfo=UTC), course),
+        ]
+        await produce(kafka_bootstrap, topic, [encode(e) for e in events] + [b"not avro"])
+        await eventually(
+            lambda: owner.fetchrow(
+                "SELECT (SELECT count(*) FROM events) AS events,"
+                " (SELECT count(*) FROM dead_letters) AS dead"
+            ),
+            lambda row: (row["events"], row["dead"]) == (2, 1),
+            60,
+            "two events and one dead letter stored by the writer role",
+        )
+
+        token = (await create_token(owner, "roles", [1])).token
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{serve.base_url}/api/v1/audit/course/courses/77",
+                headers={"Authorization": f"Bearer {token}"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            body: dict[str, Any] = await resp.json()
+        assert sorted(e["id"] for e in body["events"]) == sorted(e["event_id"] for e in events)
+
+        # Maintenance is the consumer's: it drops the expired month (by the database's
+        # clock); the API replica, given the same 1 s interval and started first, never ran
+        # a pass (its role could not have, and it does not try).
+        await consume.wait_log(expired_name, 60)
+        partitions = await owner.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'events'::regclass"
+        )
+        assert expired_name not in {r["relname"] for r in partitions}
+        await consume.wait_log('"msg":"maintenance"', 60)
+        assert "maintenance" not in serve.log_text()
+        assert "permission denied" not in serve.log_text() + consume.log_text()
+    finally:
+        for proc in (consume, serve):
+            if proc is not None:
+                proc.stop()
+        await owner.close()
+        for role in (writer, reader):
+            await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()
