@@ -62,6 +62,15 @@ def invalid_token(revoked: bool) -> ApiError:
     )
 
 
+def undecodable_header() -> ApiError:
+    """401 for a request with a header that is not valid UTF-8: its credentials cannot be read."""
+    return ApiError(
+        401,
+        message_body("A request header is not valid UTF-8."),
+        {"WWW-Authenticate": f'{REALM}, error="invalid_request"'},
+    )
+
+
 def unavailable(message: str = "The database is unavailable; try again shortly.") -> ApiError:
     """503 while the store cannot answer."""
     return ApiError(503, message_body(message), {"Retry-After": str(RETRY_AFTER_S)})
