@@ -79,6 +79,11 @@ def batches(token: bytes) -> dict[str, list[Case]]:
             same("a path that is not UTF-8", request(b"GET " + LIVE + b"\xff HTTP/1.1"), 400),
             same("a query not UTF-8", request(b"GET " + q + b"&page=\xff HTTP/1.1"), 400),
             same(
+                "a SIS id not UTF-8",
+                request(b"GET " + API[:-1] + b"sis_course_id:\xff HTTP/1.1", bearer),
+                400,
+            ),
+            same(
                 "a target over 8190 bytes",
                 request(b"GET " + q + b"&x=" + b"a" * 9000 + b" HTTP/1.1"),
                 400,
