@@ -112,6 +112,27 @@ class Settings:
         parse=integer(0, 65535),
         doc="port the API listens on",
     )
+    http_header_timeout_s: int = setting(
+        10,
+        env="AUDIT_HTTP_HEADER_TIMEOUT_S",
+        parse=integer(1, 3600),
+        doc="a request head must arrive whole within this, from the connection's start "
+        "(or a kept-alive request's first byte); else the connection is closed",
+    )
+    http_keepalive_timeout_s: int = setting(
+        75,
+        env="AUDIT_HTTP_KEEPALIVE_TIMEOUT_S",
+        parse=integer(1, 3600),
+        doc="an idle kept-alive connection is closed after this; keep it above a load "
+        "balancer's idle timeout",
+    )
+    http_max_connections: int = setting(
+        1000,
+        env="AUDIT_HTTP_MAX_CONNECTIONS",
+        parse=integer(2, 1_000_000),
+        doc="open HTTP connections per process; beyond it the one waiting longest for a "
+        "request head is closed",
+    )
     public_base_url: str | None = setting(
         None,
         env="AUDIT_PUBLIC_BASE_URL",

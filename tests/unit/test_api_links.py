@@ -73,3 +73,13 @@ def test_a_host_that_could_inject_into_link_is_refused(host: str) -> None:
 def test_ipv6_hosts_are_fine() -> None:
     req = make_mocked_request("GET", "/x", headers={"Host": "[::1]:8080"})
     assert base_url(req, Settings()) == "http://[::1]:8080"
+
+
+def test_a_host_longer_than_any_dns_name_is_refused() -> None:
+    longest = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61 + ":65535"  # 253 + port
+    assert base_url(make_mocked_request("GET", "/x", headers={"Host": longest}), Settings())
+    for host in ("a" * 5000, "a" * 256 + ":8080"):
+        req = make_mocked_request("GET", "/x", headers={"Host": host})
+        with pytest.raises(ApiError) as exc:
+            base_url(req, Settings())
+        assert exc.value.status == 400

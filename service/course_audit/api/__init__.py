@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from course_audit.api.auth import token_cache
-from course_audit.api.errors import errors_middleware, json_protocol_errors
+from course_audit.api.errors import errors_middleware
 from course_audit.api.handlers import (
     ACCOUNT,
     ACCOUNT_PATH,
@@ -23,7 +23,6 @@ from course_audit.runtime.web import SETTINGS
 def install_api(app: web.Application) -> None:
     """Add the audit endpoints, /openapi.json and JSON errors to the app (before it starts)."""
     settings = app[SETTINGS]
-    json_protocol_errors()
     # Appended after `observe`, so the request metrics see the statuses of JSON errors.
     app.middlewares.append(errors_middleware)
     app[API_STATE] = ApiState(token_cache(), settings.zone, settings.time_zone in UTC_NAMES)

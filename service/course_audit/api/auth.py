@@ -1,13 +1,19 @@
-"""Bearer tokens (header or `access_token` parameter), checked against the store's hashes."""
+"""Bearer tokens (header or `access_token` parameter), checked against the store's hashes.
+
+What can be refused without the store is refused first (docs/api.md#authentication): a
+request with a header that is not UTF-8, and a token not shaped like the ones we make.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp import web
 
-from course_audit.api.errors import invalid_token, unauthenticated
+from course_audit.api.errors import invalid_token, unauthenticated, undecodable_header
 from course_audit.cache import TtlCache
 from course_audit.store.db import Conn
-from course_audit.store.tokens import TokenInfo, hash_token, lookup_token
+from course_audit.store.tokens import TokenInfo, hash_token, lookup_token, well_formed
 
 #: How long a looked-up token is trusted without asking the store again; a revocation takes
 #: effect within this many seconds on every replica.
@@ -50,9 +56,30 @@ async def authenticate(conn: Conn, token: str, cache: TokenCache) -> TokenInfo:
     return info
 
 
+def headers_are_utf8(raw_headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether every header name and value arrived as valid UTF-8.
+
+    aiohttp decodes header bytes as UTF-8 with `surrogateescape` (its C and Python parsers
+    alike), so a stray byte would reach us as a lone surrogate; the bytes received decide.
+    """
+    for name, value in raw_headers:
+        if not (name.isascii() and value.isascii()):
+            try:
+                name.decode("utf-8")
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+    return True
+
+
 def require_token(request: web.Request) -> str:
-    """The request's token; raise the 401 for a request without one."""
+    """The request's token, refusing without the store (401) a request whose headers are not
+    UTF-8, one without a token, and one whose token is not shaped like ours."""
+    if not headers_are_utf8(request.raw_headers):
+        raise undecodable_header()
     token = bearer_token(request)
     if token is None:
         raise unauthenticated()
+    if not well_formed(token):
+        raise invalid_token(revoked=False)
     return token

@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from course_audit.runtime.web import Handler
 
@@ -63,6 +62,15 @@ def invalid_token(revoked: bool) -> ApiError:
     )
 
 
+def undecodable_header() -> ApiError:
+    """401 for a request with a header that is not valid UTF-8: its credentials cannot be read."""
+    return ApiError(
+        401,
+        message_body("A request header is not valid UTF-8."),
+        {"WWW-Authenticate": f'{REALM}, error="invalid_request"'},
+    )
+
+
 def unavailable(message: str = "The database is unavailable; try again shortly.") -> ApiError:
     """503 while the store cannot answer."""
     return ApiError(503, message_body(message), {"Retry-After": str(RETRY_AFTER_S)})
@@ -105,38 +113,3 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unexpected error", extra={"path": request.path})
         return error_response(500, message_body("An internal error occurred."), {})
-
-
-_PATCHED = "_course_audit_json_errors"
-
-
-def json_protocol_errors() -> None:
-    """Make aiohttp's own answers to malformed HTTP (sent before any middleware) JSON too.
-
-    aiohttp writes those in text/plain (HTML for some clients) from its protocol handler,
-    which has no hook; wrapping it keeps its logging and connection handling.
-    """
-    if getattr(RequestHandler, _PATCHED, False):
-        return
-    original = RequestHandler.handle_error
-
-    def handle_error(
-        self: RequestHandler,
-        request: Any,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        original(self, request, status, exc, message)  # logs; raises if a response began
-        if status == 500:
-            text = "An internal error occurred."
-        elif status == 504:
-            text = "The request took too long."
-        else:
-            text = "The request is not valid HTTP."
-        response = error_response(status, message_body(text), {})
-        response.force_close()
-        return response
-
-    setattr(RequestHandler, "handle_error", handle_error)  # noqa: B010
-    setattr(RequestHandler, _PATCHED, True)

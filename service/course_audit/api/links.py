@@ -16,6 +16,8 @@ from course_audit.config import Settings
 _HOST = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
+# The longest host: a DNS name (253 characters) and a port. Anything longer is refused.
+_HOST_MAX = 259
 # Characters left as they are in query values; everything else is percent-encoded.
 _SAFE = ":"
 
@@ -44,7 +46,7 @@ def base_url(request: web.Request, settings: Settings) -> str:
         forwarded_host = _first(request.headers.get("X-Forwarded-Host"))
         if forwarded_host is not None:
             host = forwarded_host
-    if not _HOST.fullmatch(host):
+    if len(host) > _HOST_MAX or not _HOST.fullmatch(host):
         raise bad_parameter("Host: the request's host is not a valid host name")
     return f"{scheme}://{host}"
 

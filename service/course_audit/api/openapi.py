@@ -250,7 +250,8 @@ def _error(description: str, example: str, headers: dict[str, Any] | None = None
 
 
 _WWW_AUTHENTICATE = {
-    "description": 'Bearer realm="course-audit" (with error="invalid_token" for a bad token)',
+    "description": 'Bearer realm="course-audit" (with error="invalid_token" for a bad token, '
+    'error="invalid_request" for a header that is not UTF-8)',
     "required": True,
     "schema": {"type": "string"},
 }
@@ -261,8 +262,9 @@ _RESPONSE_OBJECTS: dict[str, Any] = {
         "per_page: 'ten' is not a whole number (use 1 to 100)",
     ),
     "Unauthorized": {
-        "description": "No token (`status: unauthenticated`), an unknown token "
-        "(`Invalid access token.`) or a revoked one (`Revoked access token.`).",
+        "description": "No token (`status: unauthenticated`), an unknown token or one not "
+        "shaped like ours (`Invalid access token.`), a revoked one (`Revoked access token.`), "
+        "or a header that is not UTF-8.",
         "headers": {
             "WWW-Authenticate": _WWW_AUTHENTICATE,
             "Cache-Control": {"$ref": "#/components/headers/NoStore"},
@@ -279,6 +281,9 @@ _RESPONSE_OBJECTS: dict[str, Any] = {
                     },
                     "unknown": {"value": {"errors": [{"message": "Invalid access token."}]}},
                     "revoked": {"value": {"errors": [{"message": "Revoked access token."}]}},
+                    "unreadable_header": {
+                        "value": {"errors": [{"message": "A request header is not valid UTF-8."}]}
+                    },
                 },
             }
         },

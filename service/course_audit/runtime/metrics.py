@@ -62,3 +62,9 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.http_connections_closed = Counter(
+            "course_audit_http_connections_closed",
+            "HTTP connections the server closed early (docs/operations.md#http-connections)",
+            ["reason"],
+            registry=r,
+        )

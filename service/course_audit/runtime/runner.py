@@ -17,6 +17,7 @@ from course_audit.ingest.decode import Decoder
 from course_audit.retry import DATABASE_BACKOFF, Backoff, wait_or_stop
 from course_audit.runtime.gc_tuning import tune_gc
 from course_audit.runtime.health import Health
+from course_audit.runtime.http_server import http_site, raise_open_files_limit
 from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import RUNTIME, build_app
 from course_audit.store.errors import is_transient
@@ -215,10 +216,11 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
         from course_audit.api import install_api
 
         install_api(app)
+    raise_open_files_limit(settings.http_max_connections)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    await site.start()
+    # Request-head and keep-alive deadlines, a connection cap, one-line protocol errors.
+    await http_site(runner, settings, metrics).start()
     # The port actually bound: with AUDIT_HTTP_PORT=0 the system picks it.
     port = runner.addresses[0][1]
     log.info("http listening", extra={"host": settings.http_host, "port": port})

@@ -91,9 +91,36 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         seconds.observe(time.perf_counter() - started)
 
 
+def utf8(text: str) -> bool:
+    """Whether `text` came from valid UTF-8: aiohttp decodes what it reads as UTF-8 with
+    `surrogateescape`, so any other byte shows as a lone surrogate."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@web.middleware
+async def utf8_target(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request target (path and query) that is not UTF-8 is not valid HTTP: 400.
+
+    aiohttp's C parser refuses such bytes itself; its pure-Python parser lets them through.
+    """
+    if not utf8(request.raw_path):
+        return json_response(
+            {"errors": [{"message": "The request is not valid HTTP."}]},
+            status=400,
+            headers={"Cache-Control": "no-store"},
+        )
+    return await handler(request)
+
+
 def build_app(settings: Settings, health: Health, metrics_: Metrics) -> web.Application:
     """The base application: /health/live, /health/ready and /metrics."""
-    app = web.Application(middlewares=[observe])
+    app = web.Application(middlewares=[observe, utf8_target])
     app[SETTINGS] = settings
     app[RUNTIME] = Runtime()
     app[HEALTH] = health

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,9 @@ from typing import Any
 from course_audit.store.db import Conn
 
 _COLUMNS = "id, name, token_hash, root_account_ids, created_at, revoked_at"
+
+#: Every token `new_token` makes: 32 random bytes in URL-safe base64 without padding.
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,16 @@ class CreatedToken:
     token: str = field(repr=False)
 
 
+def new_token() -> str:
+    """A new token's plaintext: 256 random bits (`TOKEN_SHAPE`)."""
+    return secrets.token_urlsafe(32)
+
+
+def well_formed(token: str) -> bool:
+    """Whether `token` could be one of ours; anything else is refused before any lookup."""
+    return TOKEN_SHAPE.fullmatch(token) is not None
+
+
 def hash_token(token: str) -> bytes:
     """The stored form of a token."""
     return hashlib.sha256(token.encode("utf-8")).digest()
@@ -56,7 +70,7 @@ async def create_token(conn: Conn, name: str, root_account_ids: Sequence[int]) -
     accounts = sorted(set(root_account_ids))
     if not accounts or any(a <= 0 for a in accounts):
         raise ValueError("a token needs one or more positive root account ids")
-    token = secrets.token_urlsafe(32)  # 256 random bits
+    token = new_token()
     row = await conn.fetchrow(
         f"INSERT INTO api_tokens (name, token_hash, root_account_ids) VALUES ($1, $2, $3)"
         f" RETURNING {_COLUMNS}",
