@@ -70,6 +70,9 @@ CHECKS = [
     "allow_header_conformance",
     "ignored_auth",
 ]
+# Not positive_data_acceptance (schema-valid input gets a 2xx): an impossible date such as
+# 2026-02-30, or a bookmark in the right alphabet that the service never issued, is valid per
+# any schema the document could give and rightly a 400 (the document says so in words).
 
 # Root account 1: courses 101 and 102 in accounts 11 and 12; root account 2: course 201 in
 # account 21, which root 1's token must not see (a 404 like an unknown id).
