@@ -4,11 +4,9 @@ neither given the owner's URL; and maintenance run by the consumer only."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -17,6 +15,7 @@ from test_api_support import make_event
 
 from course_audit.retention import add_months, month_of
 from course_audit.store.tokens import create_token
+from db_roles import as_role, login_roles
 from pipeline import encode, produce
 from service_process import ServiceProcess, service_env
 from waits import eventually
@@ -27,12 +26,6 @@ pytestmark = pytest.mark.e2e
 NO_OWNER = "postgresql://owner@127.0.0.1:1/nowhere"
 
 
-def as_role(url: str, role: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{role}:pw@{host}", parts.path, "", ""))
-
-
 async def test_consume_as_writer_and_serve_as_reader(
     server_url: str,
     migrated_db_url: str,
@@ -41,12 +34,26 @@ async def test_consume_as_writer_and_serve_as_reader(
     group_id: str,
     tmp_path: Path,
 ) -> None:
-    suffix = uuid.uuid4().hex[:10]
-    writer, reader = f"w_{suffix}", f"r_{suffix}"
-    admin = await asyncpg.connect(server_url)
-    owner = await asyncpg.connect(migrated_db_url)
-    await admin.execute(f"CREATE ROLE {writer} LOGIN PASSWORD 'pw' IN ROLE course_audit_writer")
-    await admin.execute(f"CREATE ROLE {reader} LOGIN PASSWORD 'pw' IN ROLE course_audit_reader")
+    async with login_roles(server_url) as (writer, reader):
+        owner = await asyncpg.connect(migrated_db_url)
+        try:
+            await _roles_at_work(
+                owner, migrated_db_url, writer, reader, kafka_bootstrap, topic, group_id, tmp_path
+            )
+        finally:
+            await owner.close()
+
+
+async def _roles_at_work(
+    owner: asyncpg.Connection[Any],
+    migrated_db_url: str,
+    writer: str,
+    reader: str,
+    kafka_bootstrap: str,
+    topic: str,
+    group_id: str,
+    tmp_path: Path,
+) -> None:
     serve = consume = None
     try:
         now: datetime = await owner.fetchval("SELECT now()")
@@ -128,7 +135,3 @@ async def test_consume_as_writer_and_serve_as_reader(
         for proc in (consume, serve):
             if proc is not None:
                 proc.stop()
-        await owner.close()
-        for role in (writer, reader):
-            await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.close()

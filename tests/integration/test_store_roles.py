@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -17,14 +16,9 @@ from course_audit.model import DeadLetter, ErrorCode, Event, Source
 from course_audit.retention import add_months, month_of
 from course_audit.store.partitions import PartitionCache, drop_expired, list_partitions
 from course_audit.store.writer import write_batch, write_dead_letters
+from db_roles import as_role, login_roles
 
 INSUFFICIENT_PRIVILEGE = "42501"
-
-
-def as_role(url: str, role: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, f"{role}:pw@{host}", parts.path, "", ""))
 
 
 @dataclass
@@ -36,28 +30,20 @@ class Roles:
 
 @pytest.fixture
 async def roles(server_url: str, migrated_db_url: str) -> AsyncIterator[Roles]:
-    """Two login roles, members of course_audit_writer and course_audit_reader (names
-    unique to this test: roles are shared by every database of the server)."""
-    suffix = uuid.uuid4().hex[:10]
-    writer, reader = f"w_{suffix}", f"r_{suffix}"
-    admin = await asyncpg.connect(server_url)
-    await admin.execute(f"CREATE ROLE {writer} LOGIN PASSWORD 'pw' IN ROLE course_audit_writer")
-    await admin.execute(f"CREATE ROLE {reader} LOGIN PASSWORD 'pw' IN ROLE course_audit_reader")
-    conns: list[asyncpg.Connection[Any]] = []
-    try:
-        for url in (
-            migrated_db_url,
-            as_role(migrated_db_url, writer),
-            as_role(migrated_db_url, reader),
-        ):
-            conns.append(await asyncpg.connect(url))
-        yield Roles(*conns)
-    finally:
-        for conn in conns:
-            await conn.close()
-        for role in (writer, reader):
-            await admin.execute(f"DROP ROLE IF EXISTS {role}")
-        await admin.close()
+    """The owner (the test's own role) and one login role in each group."""
+    async with login_roles(server_url) as (writer, reader):
+        conns: list[asyncpg.Connection[Any]] = []
+        try:
+            for url in (
+                migrated_db_url,
+                as_role(migrated_db_url, writer),
+                as_role(migrated_db_url, reader),
+            ):
+                conns.append(await asyncpg.connect(url))
+            yield Roles(*conns)
+        finally:
+            for conn in conns:
+                await conn.close()
 
 
 def event(at: datetime, root: int = 1) -> Event:
