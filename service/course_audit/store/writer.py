@@ -207,30 +207,38 @@ WITH batch AS MATERIALIZED (
     ON CONFLICT (id, root_account_id) DO UPDATE SET data = excluded.data, as_of = excluded.as_of
      WHERE excluded.as_of > t.as_of
         OR (excluded.as_of = t.as_of AND excluded.data IS DISTINCT FROM t.data)
+), own_courses AS MATERIALIZED (
+    SELECT DISTINCT (r->4->>'id')::bigint AS id, (r->4->>'root_account_id')::bigint AS root
+      FROM new
+), split_courses AS (
+    -- Ids this very batch names under more than one root account: one grouped pass (a
+    -- lookup per row into the batch would cost n² for a batch of new courses).
+    SELECT id, array_agg(root) AS roots FROM own_courses GROUP BY id HAVING count(*) > 1
+), split_accounts AS (
+    SELECT id, array_agg(root) AS roots FROM account_refs GROUP BY id HAVING count(*) > 1
 ), tenant_conflicts AS (
     -- A course or account stored under a root account for the first time while another
     -- root account already holds it (before this statement, or in this batch): stored all
-    -- the same, and reported once (docs/store.md#tenant-scope).
+    -- the same, and reported once (docs/store.md#tenant-scope). Only new (id, root) pairs
+    -- are looked at, each with one index probe for the root accounts already stored.
     SELECT 'course' AS kind, s.id, s.root,
-           array(SELECT DISTINCT o.root
-                   FROM (SELECT root_account_id AS root FROM courses WHERE id = s.id
-                         UNION ALL
-                         SELECT root FROM course_snapshots WHERE id = s.id) AS o
-                  WHERE o.root <> s.root
+           array(SELECT DISTINCT o
+                   FROM unnest(coalesce(b.roots, '{}')
+                               || array(SELECT c.root_account_id FROM courses c
+                                         WHERE c.id = s.id)) AS o
+                  WHERE o <> s.root
                   ORDER BY 1) AS others
-      FROM (SELECT DISTINCT (r->4->>'id')::bigint AS id,
-                   (r->4->>'root_account_id')::bigint AS root
-              FROM new) AS s
+      FROM own_courses s LEFT JOIN split_courses b ON b.id = s.id
      WHERE NOT EXISTS (SELECT FROM courses c WHERE c.id = s.id AND c.root_account_id = s.root)
     UNION ALL
     SELECT 'account', a.id, a.root,
-           array(SELECT DISTINCT o.root
-                   FROM (SELECT root_account_id AS root FROM accounts WHERE id = a.id
-                         UNION ALL
-                         SELECT root FROM account_refs WHERE id = a.id) AS o
-                  WHERE o.root <> a.root
+           array(SELECT DISTINCT o
+                   FROM unnest(coalesce(b.roots, '{}')
+                               || array(SELECT t.root_account_id FROM accounts t
+                                         WHERE t.id = a.id)) AS o
+                  WHERE o <> a.root
                   ORDER BY 1)
-      FROM account_refs a
+      FROM account_refs a LEFT JOIN split_accounts b ON b.id = a.id
      WHERE NOT EXISTS (SELECT FROM accounts t WHERE t.id = a.id AND t.root_account_id = a.root)
 ), judged AS (
     SELECT b.ord, s.created_at AS stored_at, s.same
