@@ -1,8 +1,9 @@
 """Test harness: where the real Kafka and PostgreSQL for a test session come from.
 
 Order (README.md#services-for-the-tests): AUDIT_TEST_* environment variables, then
-testcontainers when a Docker engine answers, then local processes started by
-deploy/local/services.py.
+testcontainers when AUDIT_TEST_SERVICES=containers (`make test-containers`), otherwise local
+processes started by deploy/local/services.py. `make test` never depends on a Docker engine: one
+that answers without an image registry must not fail it.
 """
 
 from __future__ import annotations
@@ -47,13 +48,28 @@ def docker_answers() -> bool:
         return False
 
 
+ORIGINS = ("local", "containers")
+
+
 def choose_origin(env: Mapping[str, str], docker_ok: Callable[[], bool]) -> str:
-    """Which source of services to use; the environment always wins."""
+    """Which source of services to use; the environment always wins.
+
+    Containers only when asked for (AUDIT_TEST_SERVICES=containers), and then a Docker engine
+    must answer: a run that asked for containers never quietly falls back to local processes.
+    """
     if env.get("AUDIT_TEST_KAFKA_BOOTSTRAP") and env.get("AUDIT_TEST_DATABASE_URL"):
         return "env"
-    if docker_ok():
-        return "testcontainers"
-    return "local"
+    wanted = env.get("AUDIT_TEST_SERVICES", "").strip() or "local"
+    if wanted not in ORIGINS:
+        raise ValueError(f"AUDIT_TEST_SERVICES={wanted!r}: expected one of {', '.join(ORIGINS)}")
+    if wanted == "local":
+        return "local"
+    if not docker_ok():
+        raise RuntimeError(
+            "AUDIT_TEST_SERVICES=containers, but no Docker engine answers"
+            f" (DOCKER_HOST={env.get('DOCKER_HOST', 'unset')})"
+        )
+    return "testcontainers"
 
 
 @contextlib.contextmanager
@@ -84,15 +100,27 @@ def provide_services(env: Mapping[str, str] | None = None) -> Iterator[Endpoints
 
 @contextlib.contextmanager
 def _containers() -> Iterator[Endpoints]:
-    """Apache Kafka (official image, KRaft combined mode) and PostgreSQL in containers."""
-    from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+    """Apache Kafka (KRaft combined mode) and PostgreSQL in containers (tests/container_images.py
+    says which images: the official ones when present or pullable, else local equivalents)."""
+    from testcontainers.community.postgres import PostgresContainer  # type: ignore[import-untyped]
 
-    with PostgresContainer("postgres:16", driver=None) as pg, _kafka_container() as bootstrap:
-        yield Endpoints(bootstrap, pg.get_connection_url(), "testcontainers")
+    import container_images
+
+    container_images.prepare_testcontainers()
+    images = container_images.service_images()
+    # The settings deploy/local/services.py gives its server: room for the tests' pools, and
+    # no durability (the data lives as long as the session).
+    postgres = PostgresContainer(images.postgres, driver=None).with_command(
+        "postgres -c max_connections=200 -c shared_buffers=256MB -c fsync=off"
+        " -c synchronous_commit=off -c full_page_writes=off"
+    )
+    postgres.ports = {"5432": ("127.0.0.1", None)}  # published on loopback only, any free port
+    with postgres as pg, _kafka_container(images.kafka) as bootstrap:
+        yield Endpoints(bootstrap, pg.get_connection_url(host="127.0.0.1"), "testcontainers")
 
 
 @contextlib.contextmanager
-def _kafka_container() -> Iterator[str]:
+def _kafka_container(image: str) -> Iterator[str]:
     """A Kafka container on a host port picked here (the broker must advertise it).
 
     The port is free when picked but may be taken before Docker binds it: then the container
@@ -106,8 +134,7 @@ def _kafka_container() -> Iterator[str]:
     for attempt in range(1, services.PORT_ATTEMPTS + 1):
         port = services.free_port()
         kafka = (
-            DockerContainer("apache/kafka:4.1.1")
-            .with_bind_ports(9092, port)
+            DockerContainer(image)
             .with_env("KAFKA_NODE_ID", "1")
             .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
             .with_env("KAFKA_LISTENERS", "PLAINTEXT://:9092,CONTROLLER://:9093")
@@ -119,6 +146,8 @@ def _kafka_container() -> Iterator[str]:
             .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
             .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
         )
+        # Published on loopback only (docker-py takes (host ip, host port) for a binding).
+        kafka.ports = {"9092": ("127.0.0.1", port)}
         try:
             kafka.start()
         except Exception as exc:

@@ -3,6 +3,12 @@
 The process binds its HTTP port itself (AUDIT_HTTP_PORT=0) and logs the port it got in its
 "http listening" line; the test reads it from there. Nothing here waits a fixed time: every
 wait polls for the log line or health state it is about, with a deadline (see waits.py).
+
+In the container layer (AUDIT_TEST_SERVICES=containers, `make test-containers`) the same
+process is the project's image, run with `docker run` on the host's network: the test reaches
+it on the port it logs, signals go to the container (`docker kill --signal`), files named in
+its settings are mounted read-only at the same paths, and it runs with the test's uid so that
+it can read them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +31,7 @@ from waits import Deadline
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "course-audit"
 LISTENING = "http listening"
+CONTAINER_LABEL = "course-audit.test"
 
 Health = tuple[int, dict[str, Any]] | None
 
@@ -62,6 +70,7 @@ class ServiceProcess:
         self._log: IO[bytes] | None = None
         self._log_start = 0
         self._port: int | None = None
+        self.container: str | None = None
 
     @property
     def port(self) -> int:
@@ -76,14 +85,50 @@ class ServiceProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
         # Only what this process writes counts (a log file may be shared across restarts).
         self._log_start = self._log.tell()
+        image = container_image()
+        argv, env = (
+            ([str(CLI), *self.command.split()], self.env)
+            if image is None
+            else self._docker_run(image)
+        )
         self.proc = subprocess.Popen(
-            [str(CLI), *self.command.split()],
-            env=self.env,
+            argv,
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         return self
+
+    def _docker_run(self, image: str) -> tuple[list[str], dict[str, str]]:
+        """`docker run` of the image with this process's settings (values passed by name)."""
+        self.container = f"course-audit-test-{uuid.uuid4().hex[:12]}"
+        settings = {
+            k: v
+            for k, v in self.env.items()
+            if k.startswith("AUDIT_") and not k.startswith("AUDIT_TEST_")
+        }
+        argv = ["docker", "run", "--rm", "--name", self.container, "--label", CONTAINER_LABEL]
+        argv += ["--network", "host", "--user", f"{os.getuid()}:{os.getgid()}"]
+        for path in mounted_paths(settings.values()):
+            argv += ["--volume", f"{path}:{path}:ro"]
+        for name in sorted(settings):
+            argv += ["--env", name]  # the value comes from the docker client's environment
+        return [*argv, image, *self.command.split()], {**os.environ, **settings}
+
+    @property
+    def pid(self) -> int:
+        """The service's process id on this host (inside a container: its PID 1, seen from here)."""
+        assert self.proc is not None
+        if self.container is None:
+            return self.proc.pid
+        out = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.Pid}}", self.container],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip())
 
     # ------------------------------------------------------------------ the log
 
@@ -165,7 +210,14 @@ class ServiceProcess:
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
-        self.proc.send_signal(sig)
+        if self.container is None:
+            self.proc.send_signal(sig)
+        elif self.proc.poll() is None:
+            subprocess.run(
+                ["docker", "kill", "--signal", str(int(sig)), self.container],
+                capture_output=True,
+                check=False,
+            )
 
     def kill(self) -> None:
         self.signal(signal.SIGKILL)
@@ -193,8 +245,31 @@ class ServiceProcess:
         try:
             self.proc.wait(20)
         except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(10)
         finally:
             if self._log is not None and self.proc.returncode is not None:
                 self._log.close()
+            if self.container is not None:
+                subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+
+
+def container_image() -> str | None:
+    """The service's image when this session runs the container layer, else None."""
+    if os.environ.get("AUDIT_TEST_SERVICES", "").strip() != "containers":
+        return None
+    import container_images
+
+    return container_images.service_images().service
+
+
+def mounted_paths(values: Iterable[str]) -> list[str]:
+    """Existing absolute paths named in settings (comma-separated lists included)."""
+    found = {
+        part.strip()
+        for value in values
+        for part in value.split(",")
+        if part.strip().startswith("/") and Path(part.strip()).exists()
+    }
+    return sorted(found)

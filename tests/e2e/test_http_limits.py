@@ -205,7 +205,7 @@ async def test_the_open_files_limit_is_raised_to_the_hard_limit(
             service.start()
         await service.listening()
         assert service.proc is not None
-        soft_now, hard_now = open_files_limits(service.proc.pid)
+        soft_now, hard_now = open_files_limits(service.pid)
         assert soft_now == hard_now, (soft_now, hard_now)
         if hard != resource.RLIM_INFINITY and hard > low:
             assert int(soft_now) == hard
@@ -231,7 +231,7 @@ async def test_slow_clients_holding_many_connections_do_not_keep_liveness_out(
     async with serving(server_url, migrated_template, tmp_path / "serve.log", env) as service:
         assert service.proc is not None
         await service.wait_ready()
-        resource.prlimit(service.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
+        resource.prlimit(service.pid, resource.RLIMIT_NOFILE, (256, 256))
         before = len(service.log_lines())
         held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         try:
