@@ -9,7 +9,7 @@ STATE_DIR ?= /tmp/course-audit-$(shell id -u)-$(shell pwd | sha1sum | cut -c1-10
 ENV_FILE ?= .services.env
 PYTEST_ARGS ?=
 
-.PHONY: setup provision lint format test test-unit test-properties test-fuzz services services-down run bench clean
+.PHONY: setup provision lint format test test-containers test-unit test-properties test-fuzz services services-down run bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ format: $(VENV)/.installed
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The container layer (README.md#the-container-layer): the end-to-end tests with Kafka and
+# PostgreSQL from testcontainers and the service as the project's image, plus the image and
+# compose tests. Needs a Docker engine; images no registry gives are built offline first.
+test-containers: setup
+	$(PY) deploy/images/build.py ensure
+	compose=$$(bash deploy/local/compose-cli.sh) && \
+	  AUDIT_TEST_COMPOSE="$$compose" AUDIT_TEST_SERVICES=containers \
+	  $(PY) -m pytest tests/e2e tests/containers $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -65,6 +65,7 @@ class ServiceProcess:
             **env,
             "AUDIT_HTTP_PORT": "0",
         }
+        self.given = set(env)
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -103,10 +104,11 @@ class ServiceProcess:
     def _docker_run(self, image: str) -> tuple[list[str], dict[str, str]]:
         """`docker run` of the image with this process's settings (values passed by name)."""
         self.container = f"course-audit-test-{uuid.uuid4().hex[:12]}"
+        # The service's settings, and whatever else the test set for it (AIOHTTP_NO_EXTENSIONS).
         settings = {
             k: v
             for k, v in self.env.items()
-            if k.startswith("AUDIT_") and not k.startswith("AUDIT_TEST_")
+            if (k.startswith("AUDIT_") or k in self.given) and not k.startswith("AUDIT_TEST_")
         }
         argv = ["docker", "run", "--rm", "--name", self.container, "--label", CONTAINER_LABEL]
         argv += ["--network", "host", "--user", f"{os.getuid()}:{os.getgid()}"]
