@@ -230,29 +230,95 @@ def test_k8s_manifests_are_namespace_less_and_named() -> None:
         assert "namespace" not in doc["metadata"], doc["__file__"]
 
 
-def test_k8s_settings_are_valid_and_the_url_is_secret() -> None:
+#: The database URL each role is given, and only that one (docs/operations.md#database-roles).
+ROLE_URLS = {
+    "migrate": "AUDIT_DATABASE_URL",
+    "consume": "AUDIT_CONSUMER_DATABASE_URL",
+    "serve": "AUDIT_API_DATABASE_URL",
+}
+
+
+def test_k8s_settings_are_valid_and_each_pod_gets_only_its_url() -> None:
     docs = _k8s_documents()
     (config,) = _of_kind(docs, "ConfigMap")
     (secret,) = _of_kind(docs, "Secret")
-    assert "AUDIT_DATABASE_URL" not in config["data"]
+    assert not [k for k in config["data"] if k.endswith("DATABASE_URL")]
+    # Set by the Deployments themselves (their pods cannot migrate), not shared.
+    assert "AUDIT_MIGRATE_ON_START" not in config["data"]
     # The template must not be applied with `kubectl apply -f deploy/k8s/` (no recursion).
     assert Path(secret["__file__"]).parent != Path("k8s")
-    assert "PLACEHOLDER" in secret["stringData"]["AUDIT_DATABASE_URL"]
+    assert set(secret["stringData"]) == set(ROLE_URLS.values())
+    assert all("PLACEHOLDER" in url for url in secret["stringData"].values())
     assert all(isinstance(v, str) for v in config["data"].values())
-    Settings.from_env({**config["data"], **secret["stringData"]})
 
+    roles = set()
     for name, pod in _pod_specs(docs):
+        (container,) = pod["containers"]
+        role = container["args"][0]
+        roles.add(role)
+        assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+        secret_keys, env = set(), dict(config["data"])
+        for var in container["env"]:
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref is None:
+                env[var["name"]] = var["value"]
+                continue
+            assert ref["name"] == secret["metadata"]["name"], name
+            assert ref["key"] == var["name"], name
+            secret_keys.add(ref["key"])
+            env[var["name"]] = secret["stringData"][ref["key"]]
+        assert secret_keys == {ROLE_URLS[role]}, name
+        settings = Settings.from_env(env)  # raises ConfigError on a bad value
+        if role != "migrate":
+            # Without the owner's URL a pod must not try to migrate at start-up.
+            assert settings.migrate_on_start is False, name
+    assert roles == set(ROLE_URLS)
+
+
+def test_k8s_pods_run_unprivileged() -> None:
+    user = _dockerfile_instruction("USER").strip()
+    for name, pod in _pod_specs(_k8s_documents()):
+        assert pod["automountServiceAccountToken"] is False, name
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert f"{security['runAsUser']}:{security['runAsGroup']}" == user, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in pod["containers"]:
-            refs = {
-                ("ConfigMap" if "configMapRef" in ref else "Secret"): (
-                    ref.get("configMapRef") or ref["secretRef"]
-                )["name"]
-                for ref in container["envFrom"]
-            }
-            assert refs == {
-                "ConfigMap": config["metadata"]["name"],
-                "Secret": secret["metadata"]["name"],
-            }, name
+            own = container["securityContext"]
+            assert own["allowPrivilegeEscalation"] is False, name
+            assert own["readOnlyRootFilesystem"] is True, name
+            assert own["capabilities"] == {"drop": ["ALL"]}, name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"]["memory"], name
+            # The one writable place is a size-limited scratch volume.
+            scratch = {v["name"]: v for v in pod["volumes"]}
+            for mount in container.get("volumeMounts", []):
+                assert scratch[mount["name"]]["emptyDir"]["sizeLimit"], name
+
+
+def _allowed_disruptions(spec: dict[str, Any], replicas: int) -> int:
+    """Evictions a budget allows with `replicas` healthy pods (integer budgets only)."""
+    if "maxUnavailable" in spec:
+        return int(spec["maxUnavailable"])
+    return replicas - int(spec["minAvailable"])
+
+
+def test_k8s_disruption_budgets_never_block_a_drain() -> None:
+    docs = _k8s_documents()
+    deployments = {d["metadata"]["name"]: d for d in _of_kind(docs, "Deployment")}
+    for budget in _of_kind(docs, "PodDisruptionBudget"):
+        spec = budget["spec"]
+        # A pod that is not ready can always be evicted: an unready pod never holds a node.
+        assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow", budget["metadata"]["name"]
+        (deployment,) = [
+            d
+            for d in deployments.values()
+            if spec["selector"]["matchLabels"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        # At the replica count used, and scaled down to one, a drain can evict a pod.
+        for replicas in {deployment["spec"]["replicas"], 1}:
+            assert _allowed_disruptions(spec, replicas) >= 1, (budget["metadata"]["name"], replicas)
 
 
 def test_k8s_command_lines_ports_and_probes() -> None:
