@@ -27,6 +27,16 @@ COMPOSE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
 README = DEPLOY / "README.md"
 IMAGE = "course-audit"
+POSTGRES_INIT = DEPLOY / "postgres-init"
+#: `${NAME:-default}` / `${NAME-default}` in the compose file: read by docker compose itself.
+COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+#: The database URL each role is given, and only that one (docs/operations.md#database-roles).
+ROLE_URLS = {
+    "migrate": "AUDIT_DATABASE_URL",
+    "consume": "AUDIT_CONSUMER_DATABASE_URL",
+    "serve": "AUDIT_API_DATABASE_URL",
+}
 
 
 class _Recording(Mapping[str, str]):
@@ -84,8 +94,25 @@ def _pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
 
+def _compose_variables() -> set[str]:
+    return {m.group(1) for m in COMPOSE_VARIABLE.finditer(COMPOSE.read_text())}
+
+
+def _interpolated(value: Any) -> Any:
+    """`value` as docker compose reads it with none of its variables set: the defaults."""
+    if isinstance(value, str):
+        return COMPOSE_VARIABLE.sub(lambda m: m.group(2) or "", value)
+    if isinstance(value, dict):
+        return {k: _interpolated(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolated(v) for v in value]
+    return value
+
+
 def _compose_services() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = _yaml().safe_load(COMPOSE.read_text())["services"]
+    services: dict[str, dict[str, Any]] = _interpolated(
+        _yaml().safe_load(COMPOSE.read_text())["services"]
+    )
     return services
 
 
@@ -127,7 +154,17 @@ def test_every_audit_variable_named_in_deploy_is_a_setting() -> None:
             named.setdefault(name, set()).add(str(path.relative_to(DEPLOY)))
     # Guards against a vacuous pass (e.g. the files moved): the core settings must be there.
     assert {"AUDIT_DATABASE_URL", "AUDIT_KAFKA_BOOTSTRAP_SERVERS", "AUDIT_HTTP_PORT"} <= set(named)
-    unknown = {name: sorted(files) for name, files in named.items() if name not in known}
+    # The compose file's own variables (images) are docker compose's, not the service's: they
+    # must not be mistaken for settings, and deploy/README.md names each.
+    compose_variables = _compose_variables()
+    assert {"AUDIT_IMAGE", "AUDIT_KAFKA_IMAGE", "AUDIT_POSTGRES_IMAGE"} <= compose_variables
+    assert not compose_variables & known
+    assert all(f"`{name}`" in README.read_text() for name in compose_variables)
+    unknown = {
+        name: sorted(files)
+        for name, files in named.items()
+        if name not in known and name not in compose_variables
+    }
     assert not unknown, f"not read by config.py: {unknown}"
 
 
@@ -189,7 +226,11 @@ def test_compose_settings_are_valid_and_ports_match() -> None:
     for name, svc in ours.items():
         env = {k: str(v) for k, v in svc["environment"].items()}
         settings = Settings.from_env(env)  # raises ConfigError on a bad value
-        assert settings.database_url.startswith("postgresql://")
+        # Each role with its own database URL, and only that one.
+        urls = {k for k in env if k.endswith("DATABASE_URL")}
+        assert urls == {ROLE_URLS[svc["command"][0]]}, name
+        assert env[ROLE_URLS[svc["command"][0]]].startswith("postgresql://"), name
+        assert settings.migrate_on_start is False, name
         if svc["command"] == ["serve"]:
             published = [str(p).rsplit(":", 1)[-1] for p in svc.get("ports", [])]
             assert published == [str(settings.http_port)], name
@@ -217,6 +258,50 @@ def test_compose_start_order() -> None:
     assert "healthcheck" in services["postgres"]
 
 
+def test_compose_images_are_overridable_with_official_defaults() -> None:
+    raw = _yaml().safe_load(COMPOSE.read_text())["services"]
+    expected = {
+        "kafka": "${AUDIT_KAFKA_IMAGE:-apache/kafka:4.1.1}",
+        "kafka-init": "${AUDIT_KAFKA_IMAGE:-apache/kafka:4.1.1}",
+        "postgres": "${AUDIT_POSTGRES_IMAGE:-postgres:16}",
+    }
+    for name, image in expected.items():
+        assert raw[name]["image"] == image, name
+    for name in _ours(_compose_services()):
+        assert raw[name]["image"] == "${AUDIT_IMAGE:-course-audit:0.1.0}", name
+
+
+def _url_login(url: str) -> tuple[str, str]:
+    match = re.fullmatch(r"postgresql://([^:@/]+):([^@/]+)@postgres:5432/course_audit", url)
+    assert match, url
+    return match.group(1), match.group(2)
+
+
+def test_compose_logins_are_made_by_the_postgres_init_script() -> None:
+    services = _compose_services()
+    postgres = services["postgres"]
+    assert "./postgres-init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
+    (script,) = POSTGRES_INIT.glob("*.sql")
+    sql = " ".join(script.read_text().split())
+    by_role = {svc["command"][0]: svc for svc in _ours(services).values()}
+    owner, owner_password = _url_login(by_role["migrate"]["environment"]["AUDIT_DATABASE_URL"])
+    # The owner is not the server's superuser (the image makes POSTGRES_USER one).
+    assert postgres["environment"]["POSTGRES_USER"] != owner
+    assert f"CREATE ROLE {owner} LOGIN PASSWORD '{owner_password}';" in sql
+    assert f"ALTER DATABASE %I OWNER TO {owner}" in sql
+    # Migration 0004 would need CREATEROLE to make the groups: the script makes them first.
+    assert "CREATE ROLE course_audit_writer NOLOGIN;" in sql
+    assert "CREATE ROLE course_audit_reader NOLOGIN;" in sql
+    for role, group in (("consume", "course_audit_writer"), ("serve", "course_audit_reader")):
+        env = by_role[role]["environment"]
+        user, password = _url_login(env[ROLE_URLS[role]])
+        assert user != owner
+        assert f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {group};" in sql, role
+    # Healthy only after the init scripts: the image's temporary server has no TCP listener.
+    healthcheck = " ".join(postgres["healthcheck"]["test"])
+    assert "pg_isready -h 127.0.0.1" in healthcheck and f"-U {owner}" in healthcheck
+
+
 # ---------------------------------------------------------------- kubernetes
 
 
@@ -228,14 +313,6 @@ def test_k8s_manifests_are_namespace_less_and_named() -> None:
     for doc in docs:
         assert doc.get("apiVersion") and doc["metadata"].get("name"), doc["__file__"]
         assert "namespace" not in doc["metadata"], doc["__file__"]
-
-
-#: The database URL each role is given, and only that one (docs/operations.md#database-roles).
-ROLE_URLS = {
-    "migrate": "AUDIT_DATABASE_URL",
-    "consume": "AUDIT_CONSUMER_DATABASE_URL",
-    "serve": "AUDIT_API_DATABASE_URL",
-}
 
 
 def test_k8s_settings_are_valid_and_each_pod_gets_only_its_url() -> None:
