@@ -19,15 +19,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed provision
 
-# PostgreSQL server binaries from Debian when missing; Kafka jars resolved once into ~/.cache.
+# PostgreSQL server binaries from Debian when missing; Kafka jars and the Compose schema
+# (for lint) resolved once into ~/.cache.
 provision: $(VENV)/.installed
 	@bash deploy/local/provision.sh
 	@$(PY) deploy/local/services.py provision
+	@$(PY) deploy/validate.py provision
 
+# deploy/validate.py: Kubernetes manifests and the Compose file against their schemas, offline.
 lint: $(VENV)/.installed
 	$(BIN)/ruff check service tests deploy
 	$(BIN)/ruff format --check service tests deploy
 	$(BIN)/mypy --strict service
+	$(PY) deploy/validate.py
 
 format: $(VENV)/.installed
 	$(BIN)/ruff check --fix service tests deploy

@@ -27,6 +27,16 @@ COMPOSE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
 README = DEPLOY / "README.md"
 IMAGE = "course-audit"
+POSTGRES_INIT = DEPLOY / "postgres-init"
+#: `${NAME:-default}` / `${NAME-default}` in the compose file: read by docker compose itself.
+COMPOSE_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+#: The database URL each role is given, and only that one (docs/operations.md#database-roles).
+ROLE_URLS = {
+    "migrate": "AUDIT_DATABASE_URL",
+    "consume": "AUDIT_CONSUMER_DATABASE_URL",
+    "serve": "AUDIT_API_DATABASE_URL",
+}
 
 
 class _Recording(Mapping[str, str]):
@@ -84,8 +94,25 @@ def _pod_specs(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
 
+def _compose_variables() -> set[str]:
+    return {m.group(1) for m in COMPOSE_VARIABLE.finditer(COMPOSE.read_text())}
+
+
+def _interpolated(value: Any) -> Any:
+    """`value` as docker compose reads it with none of its variables set: the defaults."""
+    if isinstance(value, str):
+        return COMPOSE_VARIABLE.sub(lambda m: m.group(2) or "", value)
+    if isinstance(value, dict):
+        return {k: _interpolated(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolated(v) for v in value]
+    return value
+
+
 def _compose_services() -> dict[str, dict[str, Any]]:
-    services: dict[str, dict[str, Any]] = _yaml().safe_load(COMPOSE.read_text())["services"]
+    services: dict[str, dict[str, Any]] = _interpolated(
+        _yaml().safe_load(COMPOSE.read_text())["services"]
+    )
     return services
 
 
@@ -127,7 +154,17 @@ def test_every_audit_variable_named_in_deploy_is_a_setting() -> None:
             named.setdefault(name, set()).add(str(path.relative_to(DEPLOY)))
     # Guards against a vacuous pass (e.g. the files moved): the core settings must be there.
     assert {"AUDIT_DATABASE_URL", "AUDIT_KAFKA_BOOTSTRAP_SERVERS", "AUDIT_HTTP_PORT"} <= set(named)
-    unknown = {name: sorted(files) for name, files in named.items() if name not in known}
+    # The compose file's own variables (images) are docker compose's, not the service's: they
+    # must not be mistaken for settings, and deploy/README.md names each.
+    compose_variables = _compose_variables()
+    assert {"AUDIT_IMAGE", "AUDIT_KAFKA_IMAGE", "AUDIT_POSTGRES_IMAGE"} <= compose_variables
+    assert not compose_variables & known
+    assert all(f"`{name}`" in README.read_text() for name in compose_variables)
+    unknown = {
+        name: sorted(files)
+        for name, files in named.items()
+        if name not in known and name not in compose_variables
+    }
     assert not unknown, f"not read by config.py: {unknown}"
 
 
@@ -189,7 +226,11 @@ def test_compose_settings_are_valid_and_ports_match() -> None:
     for name, svc in ours.items():
         env = {k: str(v) for k, v in svc["environment"].items()}
         settings = Settings.from_env(env)  # raises ConfigError on a bad value
-        assert settings.database_url.startswith("postgresql://")
+        # Each role with its own database URL, and only that one.
+        urls = {k for k in env if k.endswith("DATABASE_URL")}
+        assert urls == {ROLE_URLS[svc["command"][0]]}, name
+        assert env[ROLE_URLS[svc["command"][0]]].startswith("postgresql://"), name
+        assert settings.migrate_on_start is False, name
         if svc["command"] == ["serve"]:
             published = [str(p).rsplit(":", 1)[-1] for p in svc.get("ports", [])]
             assert published == [str(settings.http_port)], name
@@ -217,6 +258,50 @@ def test_compose_start_order() -> None:
     assert "healthcheck" in services["postgres"]
 
 
+def test_compose_images_are_overridable_with_official_defaults() -> None:
+    raw = _yaml().safe_load(COMPOSE.read_text())["services"]
+    expected = {
+        "kafka": "${AUDIT_KAFKA_IMAGE:-apache/kafka:4.1.1}",
+        "kafka-init": "${AUDIT_KAFKA_IMAGE:-apache/kafka:4.1.1}",
+        "postgres": "${AUDIT_POSTGRES_IMAGE:-postgres:16}",
+    }
+    for name, image in expected.items():
+        assert raw[name]["image"] == image, name
+    for name in _ours(_compose_services()):
+        assert raw[name]["image"] == "${AUDIT_IMAGE:-course-audit:0.1.0}", name
+
+
+def _url_login(url: str) -> tuple[str, str]:
+    match = re.fullmatch(r"postgresql://([^:@/]+):([^@/]+)@postgres:5432/course_audit", url)
+    assert match, url
+    return match.group(1), match.group(2)
+
+
+def test_compose_logins_are_made_by_the_postgres_init_script() -> None:
+    services = _compose_services()
+    postgres = services["postgres"]
+    assert "./postgres-init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]
+    (script,) = POSTGRES_INIT.glob("*.sql")
+    sql = " ".join(script.read_text().split())
+    by_role = {svc["command"][0]: svc for svc in _ours(services).values()}
+    owner, owner_password = _url_login(by_role["migrate"]["environment"]["AUDIT_DATABASE_URL"])
+    # The owner is not the server's superuser (the image makes POSTGRES_USER one).
+    assert postgres["environment"]["POSTGRES_USER"] != owner
+    assert f"CREATE ROLE {owner} LOGIN PASSWORD '{owner_password}';" in sql
+    assert f"ALTER DATABASE %I OWNER TO {owner}" in sql
+    # Migration 0004 would need CREATEROLE to make the groups: the script makes them first.
+    assert "CREATE ROLE course_audit_writer NOLOGIN;" in sql
+    assert "CREATE ROLE course_audit_reader NOLOGIN;" in sql
+    for role, group in (("consume", "course_audit_writer"), ("serve", "course_audit_reader")):
+        env = by_role[role]["environment"]
+        user, password = _url_login(env[ROLE_URLS[role]])
+        assert user != owner
+        assert f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {group};" in sql, role
+    # Healthy only after the init scripts: the image's temporary server has no TCP listener.
+    healthcheck = " ".join(postgres["healthcheck"]["test"])
+    assert "pg_isready -h 127.0.0.1" in healthcheck and f"-U {owner}" in healthcheck
+
+
 # ---------------------------------------------------------------- kubernetes
 
 
@@ -230,29 +315,87 @@ def test_k8s_manifests_are_namespace_less_and_named() -> None:
         assert "namespace" not in doc["metadata"], doc["__file__"]
 
 
-def test_k8s_settings_are_valid_and_the_url_is_secret() -> None:
+def test_k8s_settings_are_valid_and_each_pod_gets_only_its_url() -> None:
     docs = _k8s_documents()
     (config,) = _of_kind(docs, "ConfigMap")
     (secret,) = _of_kind(docs, "Secret")
-    assert "AUDIT_DATABASE_URL" not in config["data"]
+    assert not [k for k in config["data"] if k.endswith("DATABASE_URL")]
+    # Set by the Deployments themselves (their pods cannot migrate), not shared.
+    assert "AUDIT_MIGRATE_ON_START" not in config["data"]
     # The template must not be applied with `kubectl apply -f deploy/k8s/` (no recursion).
     assert Path(secret["__file__"]).parent != Path("k8s")
-    assert "PLACEHOLDER" in secret["stringData"]["AUDIT_DATABASE_URL"]
+    assert set(secret["stringData"]) == set(ROLE_URLS.values())
+    assert all("PLACEHOLDER" in url for url in secret["stringData"].values())
     assert all(isinstance(v, str) for v in config["data"].values())
-    Settings.from_env({**config["data"], **secret["stringData"]})
 
+    roles = set()
     for name, pod in _pod_specs(docs):
+        (container,) = pod["containers"]
+        role = container["args"][0]
+        roles.add(role)
+        assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+        secret_keys, env = set(), dict(config["data"])
+        for var in container["env"]:
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref is None:
+                env[var["name"]] = var["value"]
+                continue
+            assert ref["name"] == secret["metadata"]["name"], name
+            assert ref["key"] == var["name"], name
+            secret_keys.add(ref["key"])
+            env[var["name"]] = secret["stringData"][ref["key"]]
+        assert secret_keys == {ROLE_URLS[role]}, name
+        settings = Settings.from_env(env)  # raises ConfigError on a bad value
+        if role != "migrate":
+            # Without the owner's URL a pod must not try to migrate at start-up.
+            assert settings.migrate_on_start is False, name
+    assert roles == set(ROLE_URLS)
+
+
+def test_k8s_pods_run_unprivileged() -> None:
+    user = _dockerfile_instruction("USER").strip()
+    for name, pod in _pod_specs(_k8s_documents()):
+        assert pod["automountServiceAccountToken"] is False, name
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True, name
+        assert f"{security['runAsUser']}:{security['runAsGroup']}" == user, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in pod["containers"]:
-            refs = {
-                ("ConfigMap" if "configMapRef" in ref else "Secret"): (
-                    ref.get("configMapRef") or ref["secretRef"]
-                )["name"]
-                for ref in container["envFrom"]
-            }
-            assert refs == {
-                "ConfigMap": config["metadata"]["name"],
-                "Secret": secret["metadata"]["name"],
-            }, name
+            own = container["securityContext"]
+            assert own["allowPrivilegeEscalation"] is False, name
+            assert own["readOnlyRootFilesystem"] is True, name
+            assert own["capabilities"] == {"drop": ["ALL"]}, name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"]["memory"], name
+            # The one writable place is a size-limited scratch volume.
+            scratch = {v["name"]: v for v in pod["volumes"]}
+            for mount in container.get("volumeMounts", []):
+                assert scratch[mount["name"]]["emptyDir"]["sizeLimit"], name
+
+
+def _allowed_disruptions(spec: dict[str, Any], replicas: int) -> int:
+    """Evictions a budget allows with `replicas` healthy pods (integer budgets only)."""
+    if "maxUnavailable" in spec:
+        return int(spec["maxUnavailable"])
+    return replicas - int(spec["minAvailable"])
+
+
+def test_k8s_disruption_budgets_never_block_a_drain() -> None:
+    docs = _k8s_documents()
+    deployments = {d["metadata"]["name"]: d for d in _of_kind(docs, "Deployment")}
+    for budget in _of_kind(docs, "PodDisruptionBudget"):
+        spec = budget["spec"]
+        # A pod that is not ready can always be evicted: an unready pod never holds a node.
+        assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow", budget["metadata"]["name"]
+        (deployment,) = [
+            d
+            for d in deployments.values()
+            if spec["selector"]["matchLabels"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        # At the replica count used, and scaled down to one, a drain can evict a pod.
+        for replicas in {deployment["spec"]["replicas"], 1}:
+            assert _allowed_disruptions(spec, replicas) >= 1, (budget["metadata"]["name"], replicas)
 
 
 def test_k8s_command_lines_ports_and_probes() -> None:
