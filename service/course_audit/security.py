@@ -153,20 +153,18 @@ def read_secret(path: str, name: str) -> str:
 
 
 def _verifying_context(ca_file: str | None, name: str) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if ca_file is not None:
-        try:
-            context.load_verify_locations(cafile=ca_file)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError(
-                f"{name}: {ca_file!r} holds no usable PEM CA certificate ({_reason(exc)})"
-            ) from None
-    return context
+    """Checks certificates against `ca_file` alone when it is given, else the system's CAs."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigError(
+            f"{name}: {ca_file!r} holds no usable PEM CA certificate ({_reason(exc)})"
+        ) from None
 
 
 def kafka_ssl_context(s: Settings) -> ssl.SSLContext | None:
     """The TLS context of Kafka connections (None without TLS): the brokers' certificates are
-    checked against AUDIT_KAFKA_SSL_CA_FILE (else the system's CAs), with the client
+    checked against AUDIT_KAFKA_SSL_CA_FILE alone (else the system's CAs), with the client
     certificate for mutual TLS."""
     if s.kafka_security_protocol not in TLS_PROTOCOLS:
         return None
@@ -227,8 +225,8 @@ def registry_ssl_context(s: Settings) -> ssl.SSLContext | None:
     return _verifying_context(s.schema_registry_ca_file, _REGISTRY_CA)
 
 
-def registry_auth(s: Settings) -> aiohttp.BasicAuth | None:
-    """Basic-auth credentials for the registry from the settings (read now), else None
+def registry_authorization(s: Settings) -> str | None:
+    """The registry's `Authorization` header from the settings (password read now), else None
     (credentials in the URL, if any, are sent by aiohttp itself)."""
     if s.schema_registry_username is None:
         return None
@@ -237,7 +235,7 @@ def registry_auth(s: Settings) -> aiohttp.BasicAuth | None:
         if s.schema_registry_password_file is not None
         else s.schema_registry_password or ""
     )
-    return aiohttp.BasicAuth(s.schema_registry_username, password)
+    return aiohttp.encode_basic_auth(s.schema_registry_username, password)
 
 
 def registry_session(
@@ -245,10 +243,10 @@ def registry_session(
 ) -> aiohttp.ClientSession:
     """An HTTP session for the registry: its CA, its credentials."""
     context = registry_ssl_context(s)
-    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
+    authorization = registry_authorization(s)
     return aiohttp.ClientSession(
-        connector=connector,
-        auth=registry_auth(s),
+        connector=aiohttp.TCPConnector(ssl=context) if context is not None else None,
+        headers={"Authorization": authorization} if authorization is not None else None,
         timeout=timeout or aiohttp.ClientTimeout(total=30),
     )
 
