@@ -67,9 +67,9 @@ def describe(
         # What a listener does to a client speaking another protocol (TLS to a SASL one,
         # plain text to a TLS one) or, for mutual TLS, to one without a certificate.
         return "connection", (
-            f"kafka connection to {broker} failed: the broker closed the connection"
-            f" ({identity}, {protocol}): does the listener expect this security protocol,"
-            " or a client certificate?"
+            f"kafka connection to {broker} failed: closed by the other end ({protocol},"
+            f" {identity}); if it lasts, check that this listener expects {protocol}"
+            " (and, for mutual TLS, a client certificate)"
         )
     if isinstance(exc, KafkaError):
         return "connection", f"kafka connection to {broker} failed: {_kafka_error_text(exc)}"

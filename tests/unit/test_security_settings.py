@@ -363,7 +363,7 @@ def test_failures_are_described_in_one_line_without_secrets() -> None:
     )
     closed = KafkaConnectionError("Connection at b:9093 closed")
     kind, line = describe("b:9093", closed, "no credentials", "SSL")
-    assert kind == "connection" and "closed the connection (no credentials, SSL)" in line
+    assert kind == "connection" and "closed by the other end (SSL, no credentials)" in line
 
 
 def test_a_repeated_failure_is_logged_once_then_on_change_or_after_the_interval() -> None:
