@@ -2,13 +2,17 @@
 
 It answers `GET /schemas/ids/{id}` from `schemas` (404 for other ids) and records every request.
 A test can make it fail (`failures`), hold its answers (`gate`, `open_at_in_flight`) or sit
-behind tests/tcp_proxy.Proxy to make it unreachable.
+behind tests/tcp_proxy.Proxy to make it unreachable. Given `tls` (a server context) it serves
+HTTPS; given `credentials` it answers 401 to a request without that basic-auth user and
+password (and counts those in `unauthorized`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +21,17 @@ from aiohttp import web
 class RegistryStub:
     """Schemas by id; `url` once `start()` has returned."""
 
-    def __init__(self, schemas: dict[int, Any] | None = None) -> None:
+    def __init__(
+        self,
+        schemas: dict[int, Any] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.tls = tls
+        self.credentials = credentials
+        #: Requests refused for want of the right credentials.
+        self.unauthorized = 0
         #: id -> the answer: a JSON object (`{"schema": ...}`), or bytes sent as they are.
         self.schemas: dict[int, Any] = dict(schemas or {})
         #: The next this many requests answer 503.
@@ -43,7 +57,7 @@ class RegistryStub:
     @property
     def url(self) -> str:
         assert self.port, "start() the registry stub first"
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def register(self, schema_id: int, schema: Any, schema_type: str | None = None) -> None:
         """Hold `schema` (a JSON-able schema or its text) under `schema_id`."""
@@ -58,7 +72,7 @@ class RegistryStub:
         app.router.add_get("/schemas/ids/{id}", self._handle)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         return self
@@ -75,6 +89,14 @@ class RegistryStub:
         await self.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.credentials is not None:
+            user, password = self.credentials
+            expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            if request.headers.get("Authorization") != expected:
+                self.unauthorized += 1
+                return web.json_response(
+                    {"error_code": 40101, "message": "Unauthorized"}, status=401
+                )
         schema_id = int(request.match_info["id"])
         self.requests.append(schema_id)
         self.in_flight += 1

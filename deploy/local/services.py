@@ -11,6 +11,9 @@ for that reason is retried on new ports (up to PORT_ATTEMPTS times), never given
     services.py down --state-dir DIR                      # stops what `up` started, by pid
     services.py status --state-dir DIR
 
+`start_secured_kafka` starts a broker of its own with SASL_SSL (SCRAM, PLAIN) and SSL (mutual
+TLS) listeners too, for the secured-Kafka tests.
+
 Kafka comes from the official org.apache.kafka jars resolved by Maven (see
 `deploy/local/kafka/pom.xml`, cached under ~/.cache/course-audit); PostgreSQL from the
 machine's server binaries (Debian's `postgresql` package).
@@ -34,6 +37,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 KAFKA_VERSION = "4.1.1"
 HERE = Path(__file__).resolve().parent
@@ -184,13 +188,16 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def format_storage(jvm: list[str], cluster_id: str, props: Path) -> None:
-    """Format the KRaft log directories of `props` for `cluster_id`."""
+def format_storage(
+    jvm: list[str], cluster_id: str, props: Path, scram: tuple[str, ...] = ()
+) -> None:
+    """Format the KRaft log directories of `props` for `cluster_id`, with SCRAM credentials
+    (`SCRAM-SHA-512=[name=...,password=...]`): KRaft stores them in its metadata log."""
     # "--cluster-id=ID": one in 32 random ids starts with "-", which a separate argument
     # would make look like an option to the tool's parser.
     fmt = subprocess.run(
         [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
-         f"--config={props}"],
+         f"--config={props}", *(f"--add-scram={entry}" for entry in scram)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -228,11 +235,73 @@ def start_kafka(state: Path) -> str:
     raise ServiceError(f"Kafka: a port was taken on each of {PORT_ATTEMPTS} attempts")
 
 
-def _start_kafka_on(kdir: Path, port: int, cport: int) -> str:
+class Secured(NamedTuple):
+    """What a broker with a SASL_SSL and an SSL listener needs, beside its PLAINTEXT one.
+
+    `keystore`: a PEM file with the broker's private key (PKCS#8, unencrypted) and then its
+    certificate chain; `truststore`: PEM CA certificates that clients' certificates must
+    chain to (the SSL listener requires one: mutual TLS). SASL_SSL takes SCRAM-SHA-256 and
+    SCRAM-SHA-512 for every (user, password) of `scram_users` and PLAIN for `plain_users`.
+    """
+
+    keystore: Path
+    truststore: Path
+    scram_users: tuple[tuple[str, str], ...] = ()
+    plain_users: tuple[tuple[str, str], ...] = ()
+
+    def properties(self) -> list[str]:
+        plain = " ".join(f'user_{name}="{password}"' for name, password in self.plain_users)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return [
+            "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
+            f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}",
+            f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.truststore}",
+            "listener.name.ssl.ssl.client.auth=required",
+        ]
+
+    def scram(self) -> tuple[str, ...]:
+        return tuple(
+            f"{mechanism}=[name={name},password={password}]"
+            for name, password in self.scram_users
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+        )
+
+
+def start_secured_kafka(kdir: Path, secured: Secured) -> dict[str, str]:
+    """Start a new broker (fresh data in `kdir`) with PLAINTEXT, SASL_SSL and SSL listeners on
+    free ports; return each listener's `127.0.0.1:port`. Stop it with `stop_kafka(kdir)`."""
+    provision_kafka()
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        ports = {"SASL_SSL": free_port(), "SSL": free_port()}
+        try:
+            plaintext = _start_kafka_on(kdir, free_port(), free_port(), secured, ports)
+        except PortTaken as exc:
+            log(f"{exc}; starting again on new ports (attempt {attempt} of {PORT_ATTEMPTS})")
+            continue
+        return {"PLAINTEXT": plaintext, **{k: f"127.0.0.1:{p}" for k, p in ports.items()}}
+    raise ServiceError(f"Kafka: a port was taken on each of {PORT_ATTEMPTS} attempts")
+
+
+def _start_kafka_on(
+    kdir: Path,
+    port: int,
+    cport: int,
+    secured: Secured | None = None,
+    secured_ports: dict[str, int] | None = None,
+) -> str:
     """Start a new broker (fresh data) on these ports; PortTaken if one was not free."""
     if kdir.exists():
         shutil.rmtree(kdir)
     (kdir / "data").mkdir(parents=True)
+    extra = dict(secured_ports or {}) if secured is not None else {}
+    listeners = ",".join(f"{name}://127.0.0.1:{p}" for name, p in extra.items())
+    protocols = "".join(f",{name}:{name}" for name in extra)
     props = kdir / "server.properties"
     props.write_text(
         "\n".join(
@@ -240,11 +309,14 @@ def _start_kafka_on(kdir: Path, port: int, cport: int) -> str:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{cport}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}"
+                + (f",{listeners}" if listeners else ""),
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}"
+                + (f",{listeners}" if listeners else ""),
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT{protocols}",
+                *(secured.properties() if secured is not None else []),
                 f"log.dirs={kdir / 'data'}",
                 "num.partitions=1",
                 "auto.create.topics.enable=true",
@@ -284,7 +356,7 @@ def _start_kafka_on(kdir: Path, port: int, cport: int) -> str:
         )
     )
     jvm = kafka_jvm(kdir / "log4j2.properties")
-    format_storage(jvm, new_cluster_id(), props)
+    format_storage(jvm, new_cluster_id(), props, secured.scram() if secured else ())
     with open(kdir / "stdout.log", "ab") as out:
         proc = subprocess.Popen(
             [*jvm, "kafka.Kafka", str(props)],
@@ -474,7 +546,12 @@ def up(state: Path, env_file: Path | None) -> dict[str, str]:
 
 def down(state: Path) -> None:
     stop_postgres(state)
-    kpid = read_pid(state / "kafka" / "pid")
+    stop_kafka(state / "kafka")
+
+
+def stop_kafka(kdir: Path) -> None:
+    """Stop the broker whose pid is in `kdir` (SIGTERM, then SIGKILL after 30 s)."""
+    kpid = read_pid(kdir / "pid")
     if kpid is not None:
         os.kill(kpid, signal.SIGTERM)
         deadline = time.monotonic() + 30

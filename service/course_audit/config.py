@@ -24,6 +24,8 @@ from course_audit.envparse import (
     iana_zone,
     integer,
     names,
+    readable_file,
+    sasl_mechanism,
     text,
     url,
 )
@@ -46,9 +48,14 @@ class Variable:
 _KEY = "course_audit.variable"
 
 
-def setting(default: T, *, env: str, parse: Parse[T], doc: str) -> T:
-    """Declare a `Settings` field: `default` when `env` is unset or blank, else `parse`d."""
-    return field(default=default, metadata={_KEY: Variable(env, default, parse, doc)})
+def setting(default: T, *, env: str, parse: Parse[T], doc: str, secret: bool = False) -> T:
+    """Declare a `Settings` field: `default` when `env` is unset or blank, else `parse`d.
+
+    A `secret` one (a password) is left out of the settings' repr.
+    """
+    return field(
+        default=default, repr=not secret, metadata={_KEY: Variable(env, default, parse, doc)}
+    )
 
 
 _HTTP = ("http", "https")
@@ -88,6 +95,72 @@ class Settings:
         parse=integer(1000, 300_000),
         doc="consumer group session timeout; a dead member's partitions move after this",
     )
+    # Secured Kafka (docs/operations.md#secured-kafka); the combinations are checked by
+    # course_audit.security.check when the settings are read.
+    kafka_security_protocol: str = setting(
+        "PLAINTEXT",
+        env="AUDIT_KAFKA_SECURITY_PROTOCOL",
+        parse=choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL", upper=True),
+        doc="how clients reach the brokers: `PLAINTEXT`, `SSL` (TLS), `SASL_PLAINTEXT` or"
+        " `SASL_SSL` (SASL over TLS)",
+    )
+    kafka_sasl_mechanism: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SASL_MECHANISM",
+        parse=sasl_mechanism,
+        doc="`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `SASL_` protocol",
+    )
+    kafka_sasl_username: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SASL_USERNAME",
+        parse=text,
+        doc="SASL user name",
+    )
+    kafka_sasl_password: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SASL_PASSWORD",
+        parse=text,
+        doc="SASL password; or AUDIT_KAFKA_SASL_PASSWORD_FILE",
+        secret=True,
+    )
+    kafka_sasl_password_file: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SASL_PASSWORD_FILE",
+        parse=readable_file,
+        doc="file holding the SASL password (a mounted secret), read again at each consumer start",
+    )
+    kafka_ssl_ca_file: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SSL_CA_FILE",
+        parse=readable_file,
+        doc="PEM CA certificates the brokers' certificates must chain to; default: the system's",
+    )
+    kafka_ssl_cert_file: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SSL_CERT_FILE",
+        parse=readable_file,
+        doc="PEM client certificate (mutual TLS); with AUDIT_KAFKA_SSL_KEY_FILE",
+    )
+    kafka_ssl_key_file: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SSL_KEY_FILE",
+        parse=readable_file,
+        doc="PEM private key of the client certificate",
+    )
+    kafka_ssl_key_password: str | None = setting(
+        None,
+        env="AUDIT_KAFKA_SSL_KEY_PASSWORD",
+        parse=text,
+        doc="password of an encrypted AUDIT_KAFKA_SSL_KEY_FILE",
+        secret=True,
+    )
+    kafka_ssl_check_hostname: bool = setting(
+        True,
+        env="AUDIT_KAFKA_SSL_CHECK_HOSTNAME",
+        parse=boolean,
+        doc="a broker's certificate must name the host it was reached at (the chain is"
+        " checked either way)",
+    )
     schema_dirs: tuple[Path, ...] = setting(
         (),
         env="AUDIT_SCHEMA_DIRS",
@@ -98,7 +171,33 @@ class Settings:
         None,
         env="AUDIT_SCHEMA_REGISTRY_URL",
         parse=absolute_url(*_HTTP),
-        doc="enables the Confluent wire format",
+        doc="enables the Confluent wire format; may carry `user:password@` for basic auth",
+    )
+    schema_registry_username: str | None = setting(
+        None,
+        env="AUDIT_SCHEMA_REGISTRY_USERNAME",
+        parse=text,
+        doc="registry basic-auth user",
+    )
+    schema_registry_password: str | None = setting(
+        None,
+        env="AUDIT_SCHEMA_REGISTRY_PASSWORD",
+        parse=text,
+        doc="registry basic-auth password; or AUDIT_SCHEMA_REGISTRY_PASSWORD_FILE",
+        secret=True,
+    )
+    schema_registry_password_file: str | None = setting(
+        None,
+        env="AUDIT_SCHEMA_REGISTRY_PASSWORD_FILE",
+        parse=readable_file,
+        doc="file holding the registry password (a mounted secret), read at start",
+    )
+    schema_registry_ca_file: str | None = setting(
+        None,
+        env="AUDIT_SCHEMA_REGISTRY_CA_FILE",
+        parse=readable_file,
+        doc="PEM CA certificates an `https` registry's certificate must chain to; default:"
+        " the system's",
     )
     http_host: str = setting(
         "0.0.0.0",
@@ -245,4 +344,8 @@ class Settings:
             raw = (env.get(var.name) or "").strip()
             if raw:
                 given[f.name] = var.parse(var.name, raw)
-        return cls(**given)
+        settings = cls(**given)
+        from course_audit.security import check
+
+        check(settings)
+        return settings

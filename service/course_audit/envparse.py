@@ -100,6 +100,29 @@ def dirs(name: str, raw: str) -> tuple[Path, ...]:
     return paths
 
 
+def readable_file(name: str, raw: str) -> str:
+    """The path of a file that can be opened for reading now (a secret or certificate)."""
+    try:
+        with open(raw, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {raw!r}: {exc.strerror or exc}") from None
+    return raw
+
+
+def sasl_mechanism(name: str, raw: str) -> str:
+    value = raw.upper()
+    if value in ("OAUTHBEARER", "GSSAPI"):
+        # aiokafka takes OAUTHBEARER tokens only from a provider object written in Python,
+        # and GSSAPI needs Kerberos libraries this service does not ship.
+        raise ConfigError(
+            f"{name}={value} is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+        )
+    if value not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError(f"{name}={raw!r} must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    return value
+
+
 def iana_zone(name: str, raw: str) -> str:
     try:
         ZoneInfo(raw)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +47,31 @@ async def wait_or_stop(delay: float, stop: asyncio.Event) -> bool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
     return stop.is_set()
+
+
+@dataclass
+class RepeatLimiter:
+    """Whether a retry loop logs its failure this time: the first time, whenever the failure
+    changes, and otherwise at most once every `every` seconds, so a failure that lasts does
+    not fill the log with the same line at every retry."""
+
+    every: float = 120.0
+    clock: Callable[[], float] = field(default=time.monotonic)
+    _last: str | None = None
+    _logged_at: float = 0.0
+    _hidden: int = 0
+
+    def admit(self, message: str) -> int | None:
+        """None: do not log `message` now; else log it, with this many repeats of the same
+        message left unlogged since it was last logged."""
+        now = self.clock()
+        if message != self._last or now - self._logged_at >= self.every:
+            hidden = self._hidden if message == self._last else 0
+            self._last, self._logged_at, self._hidden = message, now, 0
+            return hidden
+        self._hidden += 1
+        return None
+
+    def reset(self) -> None:
+        """The failure is over: the next one is logged whatever it is."""
+        self._last, self._hidden = None, 0

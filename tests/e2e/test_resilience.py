@@ -27,7 +27,8 @@ async def test_run_serves_the_api_while_kafka_is_unreachable_then_consumes(
     env = service_env(migrated_db_url, f"127.0.0.1:{broker.port}", topic, group_id)
     proc = ServiceProcess("run", env, tmp_path / "run.log").start()
     try:
-        await proc.wait_log("consumer failed; starting a new one", 60)
+        # One line saying why (here: the connection is reset), with the kind of failure.
+        await proc.wait_log('"kafka_error":"connection"', 60)
         health = await proc.wait_health(
             lambda h: h is not None and h[0] == 503 and bool(h[1]["consumer_error"]),
             30,

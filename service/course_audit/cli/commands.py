@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO
 
+import aiohttp
 import asyncpg
 import orjson
 
 from course_audit.config import Settings
 from course_audit.ingest.admit import Admission
 from course_audit.ingest.decode import Decoder
+from course_audit.kafka_check import KafkaUnavailable
 from course_audit.model import ErrorCode, Event, Rejection
 from course_audit.store.db import Conn
 from course_audit.store.dead_letters import (
@@ -213,9 +215,7 @@ async def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 @command
 async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
-    registry = (
-        RegistryClient(settings.schema_registry_url) if settings.schema_registry_url else None
-    )
+    registry = RegistryClient.from_settings(settings) if settings.schema_registry_url else None
     decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
     stored = still_failing = 0
     try:
@@ -281,6 +281,16 @@ async def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
     try:
         sent, failed = await produce_lines(settings, _lines(stream), sys.stderr)
+    except KafkaUnavailable as exc:
+        print(f"course-audit: {exc}", file=sys.stderr)
+        return 1
+    except aiohttp.ClientResponseError as exc:  # registering a schema (no URL: credentials)
+        print(f"course-audit: schema registry answered HTTP {exc.status} {exc.message}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except aiohttp.ClientError as exc:
+        print(f"course-audit: schema registry: {exc}", file=sys.stderr)
+        return 1
     finally:
         if stream is not sys.stdin:
             stream.close()

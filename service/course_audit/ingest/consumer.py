@@ -27,10 +27,12 @@ from course_audit.ingest.pipeline import WRITE_PIPELINE_DEPTH, WritePipeline
 from course_audit.ingest.records import Unreadable, unreadable_letter
 from course_audit.ingest.records import install as install_tolerant_records
 from course_audit.ingest.storing import BatchStore
+from course_audit.kafka_check import probe
 from course_audit.model import Decoded, Event, Rejection, Source
 from course_audit.retry import DATABASE_BACKOFF, REGISTRY_BACKOFF, Backoff
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
+from course_audit.security import kafka_identity, kafka_options
 from course_audit.wire.registry import RegistryUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,12 @@ class Ingestor:
         """Consume until stopped."""
         s = self.settings
         install_tolerant_records()  # a record aiokafka cannot read becomes a dead letter
+        # Read now, so a rotated password file is used by the next consumer started.
+        options = kafka_options(s)
+        # aiokafka's start says only "Unable to bootstrap": the probe says why (KafkaUnavailable).
+        await probe(options, kafka_identity(s))
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **options,
             group_id=s.kafka_group_id,
             client_id=f"course-audit-{s.kafka_group_id}",
             enable_auto_commit=False,
@@ -113,7 +119,11 @@ class Ingestor:
         )
         self._consumer = consumer
         consumer.subscribe(topics=list(s.kafka_topics), listener=_Rebalance(self))
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
         log.info("consumer started", extra={"topics": list(s.kafka_topics)})
         try:
             await self._loop(consumer)

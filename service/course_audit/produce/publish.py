@@ -11,7 +11,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from course_audit.config import Settings
+from course_audit.kafka_check import probe
 from course_audit.produce.encode import Encoder, EventJsonError
+from course_audit.security import kafka_identity, kafka_options, registry_session
 
 
 class SchemaRegistration:
@@ -48,8 +50,10 @@ async def produce_lines(
         if settings.schema_registry_url
         else None
     )
+    options = kafka_options(settings)
+    await probe(options, kafka_identity(settings))  # KafkaUnavailable says why, in one line
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **options,
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
@@ -58,7 +62,7 @@ async def produce_lines(
     await producer.start()
     sent = failed = 0
     pending: list[asyncio.Future[Any]] = []
-    session = aiohttp.ClientSession() if registration else None
+    session = registry_session(settings) if registration else None
     try:
         for number, line in lines:
             try:

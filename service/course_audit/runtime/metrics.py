@@ -46,6 +46,12 @@ class Metrics:
             "failed schema registry fetches of the consumer (retried)",
             registry=r,
         )
+        self.kafka_connect_failures = Counter(
+            "course_audit_kafka_connect_failures",
+            "consumer starts that could not use any bootstrap broker (retried), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.lag = Gauge(
             "course_audit_consumer_lag",
             "messages between the committed offset and the partition's end",

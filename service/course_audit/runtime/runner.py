@@ -11,10 +11,11 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from course_audit.config import Settings
+from course_audit.config import ConfigError, Settings
 from course_audit.ingest.consumer import Ingestor
 from course_audit.ingest.decode import Decoder
-from course_audit.retry import DATABASE_BACKOFF, Backoff, wait_or_stop
+from course_audit.kafka_check import KafkaUnavailable
+from course_audit.retry import DATABASE_BACKOFF, Backoff, RepeatLimiter, wait_or_stop
 from course_audit.runtime.gc_tuning import tune_gc
 from course_audit.runtime.health import Health
 from course_audit.runtime.http_server import http_site, raise_open_files_limit
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 MIGRATION_POLL_S = 5.0
 #: Between consumers started after a failure (Kafka unreachable, say): soon, then every 30 s.
 CONSUMER_BACKOFF = Backoff(first=1.0, cap=30.0, jitter=0.2)
+#: The same Kafka failure (a wrong password, say) is logged again at most this often.
+KAFKA_FAILURE_LOG_EVERY_S = 120.0
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -167,13 +170,22 @@ async def supervise_consumer(
     health: Health,
     stopping: asyncio.Event,
     backoff: Backoff = CONSUMER_BACKOFF,
+    *,
+    metrics: Metrics | None = None,
+    repeats: RepeatLimiter | None = None,
 ) -> None:
     """Run a consumer until `stopping` is set, starting a new one whenever it fails.
 
     A consumer that cannot reach Kafka, or fails in any other way, never ends the process:
     in `run` the API goes on serving, and readiness says what is wrong (`consumer_error`)
     until a new consumer has joined its group.
+
+    Kafka refusing the consumer (unreachable, TLS, authentication: `KafkaUnavailable`) or a
+    password file gone unreadable is one line without a traceback, logged when it first
+    happens, when it changes, and otherwise at most every KAFKA_FAILURE_LOG_EVERY_S seconds;
+    `course_audit_kafka_connect_failures_total` counts every attempt.
     """
+    repeats = repeats or RepeatLimiter(KAFKA_FAILURE_LOG_EVERY_S)
     attempt = 0
     while True:
         ingestor = make()
@@ -189,15 +201,37 @@ async def supervise_consumer(
         error = None if task.cancelled() else task.exception()
         if error is None:
             return  # it only ends by itself once stopped
-        attempt = 1 if ingestor.joined else attempt + 1
+        if ingestor.joined:
+            attempt = 1
+            repeats.reset()
+        else:
+            attempt += 1
         delay = backoff.delay(attempt)
         health.subscribed = False
-        health.consumer_error = f"{type(error).__name__}: {error}"[:500]
-        log.error(
-            "consumer failed; starting a new one",
-            extra={"error": health.consumer_error, "retry_in_s": delay},
-            exc_info=error,
-        )
+        if isinstance(error, KafkaUnavailable | ConfigError):
+            kind = error.kind if isinstance(error, KafkaUnavailable) else "configuration"
+            health.consumer_error = str(error)[:500]
+            if metrics is not None:
+                metrics.kafka_connect_failures.labels(kind).inc()
+            hidden = repeats.admit(str(error))
+            if hidden is not None:
+                log.error(
+                    str(error),
+                    extra={
+                        "kafka_error": kind,
+                        "attempt": attempt,
+                        "retry_in_s": round(delay, 2),
+                        "repeats_not_logged": hidden,
+                    },
+                )
+        else:
+            repeats.reset()
+            health.consumer_error = f"{type(error).__name__}: {error}"[:500]
+            log.error(
+                "consumer failed; starting a new one",
+                extra={"error": health.consumer_error, "retry_in_s": delay},
+                exc_info=error,
+            )
         if await wait_or_stop(delay, stopping):
             return
 
@@ -248,11 +282,14 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
         # Maintenance is the consumer's: API replicas never drop or expire anything.
         background.append(asyncio.create_task(_maintenance_loop(settings, pool)))
         if settings.schema_registry_url:
-            registry = RegistryClient(settings.schema_registry_url)
+            registry = RegistryClient.from_settings(settings)
         decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
         tune_gc()  # after start-up, so that what it allocated is frozen out of collections
         await supervise_consumer(
-            lambda: Ingestor(settings, pool, decoder, metrics, health), health, stopping
+            lambda: Ingestor(settings, pool, decoder, metrics, health),
+            health,
+            stopping,
+            metrics=metrics,
         )
         return 0
     except asyncio.CancelledError:

@@ -9,16 +9,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
 from course_audit.retry import REGISTRY_BACKOFF, Backoff
+from course_audit.security import registry_session
 from course_audit.wire.schema_bounds import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, json_depth_exceeds
 
+if TYPE_CHECKING:
+    from course_audit.config import Settings
+
 log = logging.getLogger(__name__)
+
+SessionFactory = Callable[[aiohttp.ClientTimeout], aiohttp.ClientSession]
 
 #: Requests in flight to the registry at once, per client.
 MAX_CONCURRENT_REQUESTS = 8
@@ -56,6 +63,7 @@ class RegistryClient:
         request_timeout: float = 10.0,
         max_concurrent: int = MAX_CONCURRENT_REQUESTS,
         session: aiohttp.ClientSession | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> None:
         self._url = URL(url.rstrip("/"))
         # The URL may carry basic-auth credentials; they never go into logs.
@@ -65,8 +73,20 @@ class RegistryClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout)
         self._session = session
         self._owns_session = session is None
+        #: Makes the session when none was given (the registry's CA and credentials).
+        self._session_factory = session_factory
         self._slots = asyncio.Semaphore(max_concurrent)
         self._inflight: dict[int, asyncio.Future[RegisteredSchema | None]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> RegistryClient:
+        """A client of AUDIT_SCHEMA_REGISTRY_URL with the registry's CA and credentials."""
+        assert settings.schema_registry_url is not None
+        return cls(
+            settings.schema_registry_url,
+            session_factory=lambda timeout: registry_session(settings, timeout),
+            **options,
+        )
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -126,7 +146,12 @@ class RegistryClient:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            factory = self._session_factory
+            self._session = (
+                aiohttp.ClientSession(timeout=self._timeout)
+                if factory is None
+                else factory(self._timeout)
+            )
             self._owns_session = True
         return self._session
 
@@ -149,6 +174,11 @@ class RegistryClient:
                     return None
                 if resp.status != 200:
                     body = (await resp.content.read(200)).decode("utf-8", "replace")
+                    if resp.status in (401, 403):
+                        raise _Unusable(
+                            f"HTTP {resp.status}, the registry refused the credentials"
+                            f" (AUDIT_SCHEMA_REGISTRY_USERNAME/PASSWORD): {body}"
+                        )
                     raise _Unusable(f"HTTP {resp.status}: {body}")
                 body_bytes = await _read_at_most(resp, MAX_ANSWER_BYTES)
         except _Unusable:
