@@ -24,6 +24,8 @@ Also a small API for the test harness: `ensure(names) -> {name: tag}`, `tags()`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -35,10 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -57,6 +59,10 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/lintian/*",
 )
 MERGED_USR_HOOKS = Path("/usr/share/mmdebstrap/hooks/merged-usr")
+#: Held while images are built (see _lock).
+LOCK = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "course-audit" / "images.lock"
+)
 
 
 class BuildError(RuntimeError):
@@ -255,8 +261,9 @@ SLIM_HOOK = (
 # ---------------------------------------------------------------- the images
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
+    """One image: its tag, the images it is built on, its inputs hash, its build."""
+
     name: str
     tag: str
     needs: tuple[str, ...]
@@ -586,25 +593,45 @@ def ensure(names: Iterable[str] | None = None, *, rebuild: bool = False) -> dict
     they are current (not the ones they are built on, unless those are stale or named too).
     """
     asked = list(IMAGES) if names is None else list(names)
-    for name in _order(asked):
-        image = IMAGES[name]
-        inputs = image.inputs()
-        current = image_label(image.tag)
-        if current == inputs and not (rebuild and name in asked):
-            continue
-        why = "missing" if current is None else "rebuild asked" if current == inputs else "stale"
-        log(f"building {image.tag} ({why})")
-        previous = image_id(image.tag) if current is not None else None
-        started = time.monotonic()
-        image.build(inputs)
-        if image_label(image.tag) != inputs:
-            raise BuildError(f"{image.tag}: built, but its inputs label does not match")
-        if previous is not None and previous != image_id(image.tag):
-            # The image this one replaced, now untagged (Docker keeps it while in use).
-            docker("image", "rm", previous, check=False)
-        size = image_size(image.tag) / 1e6
-        log(f"built {image.tag} in {time.monotonic() - started:.0f} s ({size:.0f} MB)")
+    order = _order(asked)
+    with _lock():
+        for name in order:
+            _ensure_one(name, rebuild=rebuild and name in asked)
     return {name: IMAGES[name].tag for name in asked}
+
+
+@contextlib.contextmanager
+def _lock() -> Iterator[None]:
+    """One `ensure` at a time on this machine: two would build the same tags side by side."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another build of the images to finish ({LOCK})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _ensure_one(name: str, *, rebuild: bool) -> None:
+    """Build one image if it is missing, stale, or `rebuild`."""
+    image = IMAGES[name]
+    inputs = image.inputs()
+    current = image_label(image.tag)
+    if current == inputs and not rebuild:
+        return
+    why = "missing" if current is None else "rebuild asked" if current == inputs else "stale"
+    log(f"building {image.tag} ({why})")
+    previous = image_id(image.tag) if current is not None else None
+    started = time.monotonic()
+    image.build(inputs)
+    if image_label(image.tag) != inputs:
+        raise BuildError(f"{image.tag}: built, but its inputs label does not match")
+    if previous is not None and previous != image_id(image.tag):
+        # The image this one replaced, now untagged (Docker keeps it while in use).
+        docker("image", "rm", previous, check=False)
+    size = image_size(image.tag) / 1e6
+    log(f"built {image.tag} in {time.monotonic() - started:.0f} s ({size:.0f} MB)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
