@@ -9,7 +9,7 @@ STATE_DIR ?= /tmp/course-audit-$(shell id -u)-$(shell pwd | sha1sum | cut -c1-10
 ENV_FILE ?= .services.env
 PYTEST_ARGS ?=
 
-.PHONY: setup provision lint format test test-containers test-unit test-properties test-fuzz services services-down run bench clean
+.PHONY: setup provision lint format test test-containers test-unit test-properties test-fuzz services services-down run bench clean images
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ services-down:
 
 run: services
 	@bash deploy/local/run.sh "$(STATE_DIR)" "$(ENV_FILE)"
+
+# The local container images, built offline when missing or stale (deploy/README.md#the-image):
+# `make images`, or `make images IMAGE=service` for one of base, service, postgres, kafka.
+images: $(VENV)/.installed
+	$(PY) deploy/images/build.py ensure $(if $(IMAGE),--only $(IMAGE))
 
 bench: setup
 	$(PY) tests/bench/run.py $(BENCH_ARGS)

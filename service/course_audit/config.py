@@ -165,7 +165,7 @@ class Settings:
         (),
         env="AUDIT_SCHEMA_DIRS",
         parse=dirs,
-        doc="extra schema directories, comma-separated, beside `schemas/`",
+        doc="extra schema directories, comma-separated, beside the built-in ones",
     )
     schema_registry_url: str | None = setting(
         None,

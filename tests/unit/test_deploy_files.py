@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from course_audit import __version__
 from course_audit.cli.parser import build_parser
 from course_audit.config import Settings
 from course_audit.runtime.health import Health
@@ -185,13 +186,21 @@ def test_image_exposes_the_default_port_and_checks_liveness() -> None:
     assert paths[0] in _routes()
 
 
-def test_image_keeps_schemas_beside_the_package() -> None:
-    # schemas.py finds the built-in schemas two directories above itself, so the image must
-    # copy both trees under one root and install in place (editable), not into site-packages.
+def test_image_installs_the_wheel_not_the_source_tree() -> None:
+    # The schemas are package data now: a regular (non-editable) install carries them, and
+    # the image holds the virtualenv alone, no checkout.
     text = DOCKERFILE.read_text()
-    assert re.search(r"^COPY schemas/ schemas/$", text, re.M)
-    assert re.search(r"^COPY service/ service/$", text, re.M)
-    assert re.search(r"pip install .*-e /app\b", text)
+    assert not re.search(r"pip install .*-e\b", text)
+    assert not re.search(r"^COPY (schemas|service)/", text, re.M)
+    assert re.search(r"pip install --no-index --find-links /src/wheels course-audit\b", text)
+    assert re.search(r"^COPY --from=build /opt/venv /opt/venv$", text, re.M)
+    assert _dockerfile_instruction("USER").strip() == "10001:10001"
+
+
+def test_image_tags_in_the_docs_are_the_package_version() -> None:
+    tags = re.findall(r"\bcourse-audit:([0-9][\w.+-]*)", README.read_text())
+    assert tags, "deploy/README.md names no course-audit:VERSION tag"
+    assert set(tags) == {__version__}
 
 
 def test_readme_command_lines_parse() -> None:

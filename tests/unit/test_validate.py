@@ -287,7 +287,7 @@ def test_a_record_that_is_not_an_event() -> None:
 
 # ---------------------------------------------------------------- field sizes
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "service" / "course_audit" / "schemas"
 #: The documented limits (docs/messages.md#field-sizes), written out, not read from the code.
 LIMITS: dict[tuple[str, str], int] = {("page_view", "url"): 8192, ("page_view", "user_agent"): 8192}
 

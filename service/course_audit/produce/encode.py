@@ -57,7 +57,7 @@ def single_object(schema: Schema, datum: Mapping[str, Any]) -> bytes:
 
 
 class Encoder:
-    """Encodes event datums with the current schemas (those in `schemas/`)."""
+    """Encodes event datums with the current schemas (those in `course_audit/schemas/`)."""
 
     def __init__(self, catalog: SchemaCatalog | None = None) -> None:
         self._catalog = catalog or builtin_catalog()

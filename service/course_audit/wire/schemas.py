@@ -17,8 +17,9 @@ from fastavro.types import Schema
 from course_audit.model import EVENT_RECORDS
 from course_audit.wire.schema_bounds import SchemaLimitError, check_structure, check_text
 
-#: The schemas shipped with the service: the current reader schema of every record.
-BUILTIN_SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
+#: The schemas shipped with the service: the current reader schema of every record. They are
+#: package data (course_audit/schemas/), so a wheel carries them wherever it is installed.
+BUILTIN_SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 
 _FINGERPRINT_ALGORITHM = "CRC-64-AVRO"
 # Keys that only fastavro's parser adds; they must not leak into a re-parse.
