@@ -43,11 +43,12 @@ test: setup lint
 # The container layer (README.md#the-container-layer): the end-to-end tests with Kafka and
 # PostgreSQL from testcontainers and the service as the project's image, plus the image and
 # compose tests. Needs a Docker engine; images no registry gives are built offline first.
+CONTAINER_TESTS ?= tests/e2e tests/containers
 test-containers: setup
 	$(PY) deploy/images/build.py ensure
 	compose=$$(bash deploy/local/compose-cli.sh) && \
 	  AUDIT_TEST_COMPOSE="$$compose" AUDIT_TEST_SERVICES=containers \
-	  $(PY) -m pytest tests/e2e tests/containers $(PYTEST_ARGS)
+	  $(PY) -m pytest $(CONTAINER_TESTS) -m "not packaging" $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
