@@ -11,13 +11,10 @@ container labelled by testcontainers that outlived its run).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import load_image_builder
 
 OFFICIAL_KAFKA = "apache/kafka:4.1.1"
 OFFICIAL_POSTGRES = "postgres:16"
@@ -28,16 +25,6 @@ class ServiceImages:
     kafka: str
     postgres: str
     service: str
-
-
-def load_builder() -> ModuleType:
-    """Import deploy/images/build.py (a script, not part of the package)."""
-    path = ROOT / "deploy" / "images" / "build.py"
-    spec = importlib.util.spec_from_file_location("image_builder", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _client():  # type: ignore[no-untyped-def]
@@ -83,7 +70,7 @@ def service_images() -> ServiceImages:
     if not given_service:
         missing.append("service")
     if missing:
-        chosen.update(load_builder().ensure(missing))
+        chosen.update(load_image_builder().ensure(missing))
     return ServiceImages(
         kafka=chosen["kafka"],
         postgres=chosen["postgres"],

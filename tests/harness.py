@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,14 +28,26 @@ class Endpoints:
     origin: str  # "env", "testcontainers" or "local"
 
 
-def load_local_services() -> ModuleType:
-    """Import deploy/local/services.py (a script, not part of the package)."""
-    path = ROOT / "deploy" / "local" / "services.py"
-    spec = importlib.util.spec_from_file_location("local_services", path)
+def load_script(relative: str, name: str) -> ModuleType:
+    """Import one of the repository's scripts (not part of the package) once per session."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def load_local_services() -> ModuleType:
+    """deploy/local/services.py: the local Kafka and PostgreSQL servers."""
+    return load_script("deploy/local/services.py", "local_services")
+
+
+def load_image_builder() -> ModuleType:
+    """deploy/images/build.py: the container images, built offline."""
+    return load_script("deploy/images/build.py", "image_builder")
 
 
 def docker_answers() -> bool:

@@ -8,7 +8,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from docker_cli import LABEL, docker, load_image_builder
+from docker_cli import LABEL, docker
+
+from harness import load_image_builder
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,11 @@
-"""Helpers of the container layer: the docker CLI, the image builder, the session label."""
+"""Helpers of the container layer: the docker CLI and the session label."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Every container and network a session starts carries this label (value: the session id).
 LABEL = "course-audit.containers-test"
-
-
-def load_image_builder() -> ModuleType:
-    """Import deploy/images/build.py (a script, not part of the package)."""
-    path = ROOT / "deploy" / "images" / "build.py"
-    spec = importlib.util.spec_from_file_location("image_builder", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def docker(
