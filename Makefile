@@ -45,6 +45,7 @@ test: setup lint
 # compose tests. Needs a Docker engine; images no registry gives are built offline first.
 CONTAINER_TESTS ?= tests/e2e tests/containers
 test-containers: setup
+	@bash deploy/local/provision.sh images
 	$(PY) deploy/images/build.py ensure
 	compose=$$(bash deploy/local/compose-cli.sh) && \
 	  AUDIT_TEST_COMPOSE="$$compose" AUDIT_TEST_SERVICES=containers \
@@ -80,6 +81,7 @@ run: services
 # The local container images, built offline when missing or stale (deploy/README.md#the-image):
 # `make images`, or `make images IMAGE=service` for one of base, service, postgres, kafka.
 images: $(VENV)/.installed
+	@bash deploy/local/provision.sh images
 	$(PY) deploy/images/build.py ensure $(if $(IMAGE),--only $(IMAGE))
 
 bench: setup

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the local services need when it is missing: PostgreSQL server binaries,
 # a Java runtime and Maven (for the Kafka jars). Uses apt-get as root, else says what to do.
+# `provision.sh images` also installs what building the container images offline needs
+# (mmdebstrap, deploy/images/build.py).
 set -euo pipefail
 
 need=()
+for extra in "$@"; do
+  case "$extra" in
+    images) command -v mmdebstrap >/dev/null || need+=(mmdebstrap) ;;
+    *) echo "provision.sh: unknown extra '$extra' (known: images)" >&2; exit 2 ;;
+  esac
+done
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
   || [[ -n "${AUDIT_LOCAL_PG_BINDIR:-}" ]] || need+=(postgresql)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
