@@ -34,8 +34,51 @@ def test_document_lists_both_endpoints_and_the_operational_routes() -> None:
     }
     course = paths["/api/v1/audit/course/courses/{course_id}"]["get"]
     names = {p.get("name") or p["$ref"].rsplit("/", 1)[1] for p in course["parameters"]}
-    assert names == {"course_id", "start_time", "end_time", "per_page", "page", "access_token"}
+    assert names == {
+        "course_id",
+        "start_time",
+        "end_time",
+        "event_type",
+        "user_id",
+        "event_source",
+        "per_page",
+        "page",
+        "access_token",
+    }
     assert set(course["responses"]) == {"200", "400", "401", "404", "405", "500", "503"}
+
+
+def test_both_endpoints_document_the_filters() -> None:
+    document = openapi_document()
+    for path in (
+        "/api/v1/audit/course/courses/{course_id}",
+        "/api/v1/audit/course/accounts/{account_id}",
+    ):
+        refs = {p.get("$ref") for p in document["paths"][path]["get"]["parameters"]}
+        for name in ("event_type", "user_id", "event_source"):
+            assert f"#/components/parameters/{name}" in refs, (path, name)
+    params = document["components"]["parameters"]
+    event_type = params["event_type"]
+    assert event_type["in"] == "query" and event_type["explode"] is True
+    # The 13 Canvas course event types, written out here rather than taken from the code.
+    assert set(event_type["schema"]["items"]["enum"]) == {
+        "created",
+        "updated",
+        "concluded",
+        "unconcluded",
+        "published",
+        "unpublished",
+        "claimed",
+        "deleted",
+        "restored",
+        "copied_from",
+        "copied_to",
+        "reset_from",
+        "reset_to",
+    }
+    assert event_type["schema"]["maxItems"] == 13
+    assert params["user_id"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+    assert params["event_source"]["schema"]["maxLength"] == 255
 
 
 def test_empty_document_matches_its_schema() -> None:

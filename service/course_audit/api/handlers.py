@@ -27,6 +27,7 @@ from course_audit.store.errors import is_transient
 from course_audit.store.queries import (
     Cursor,
     EventRow,
+    Filters,
     Linked,
     Refs,
     Window,
@@ -116,7 +117,7 @@ async def with_database(request: web.Request, work: Callable[[Conn], Awaitable[_
 
 
 PageQuery = Callable[
-    [Conn, int, Collection[int], Window, Cursor | None, int], Awaitable[list[EventRow]]
+    [Conn, int, Collection[int], Window, Cursor | None, int, Filters], Awaitable[list[EventRow]]
 ]
 Known = Callable[[Conn, int, Collection[int]], Awaitable[bool]]
 
@@ -170,7 +171,9 @@ async def _page(
     rows = (
         []
         if query.empty
-        else await target.page(conn, key, roots, query.window, query.cursor, query.per_page + 1)
+        else await target.page(
+            conn, key, roots, query.window, query.cursor, query.per_page + 1, query.filters
+        )
     )
     if not rows and not await target.known(conn, key, roots):
         raise not_found()
@@ -195,7 +198,13 @@ def _respond(request: web.Request, base: str, path: str, query: Query, page: Pag
         cache=state.snapshots,
     )
     link = link_header(
-        f"{base}{path}", query.start_time, query.end_time, query.page, next_page, query.per_page
+        f"{base}{path}",
+        query.start_time,
+        query.end_time,
+        query.page,
+        next_page,
+        query.per_page,
+        query.filters,
     )
     return web.Response(
         body=body,

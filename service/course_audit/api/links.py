@@ -10,6 +10,7 @@ from aiohttp import web
 from course_audit.api.errors import bad_parameter
 from course_audit.api.params import FIRST
 from course_audit.config import Settings
+from course_audit.store.queries import NO_FILTERS, Filters
 
 # What a Host (or X-Forwarded-Host) may hold: a name, IPv4 or [IPv6] with an optional port.
 # Anything else could smuggle '<', '>' or ',' into the Link header.
@@ -51,15 +52,32 @@ def base_url(request: web.Request, settings: Settings) -> str:
     return f"{scheme}://{host}"
 
 
+def filter_params(filters: Filters) -> list[str]:
+    """The filters as query parameters in canonical form: each event type (sorted, once),
+    then user_id, then event_source; none when no filter is set."""
+    parts = [f"event_type={quote(t, safe=_SAFE)}" for t in filters.event_types]
+    if filters.user_id is not None:
+        parts.append(f"user_id={filters.user_id}")
+    if filters.event_source is not None:
+        parts.append(f"event_source={quote(filters.event_source, safe=_SAFE)}")
+    return parts
+
+
 def page_url(
-    path_url: str, start_time: str | None, end_time: str | None, page: str, per_page: int
+    path_url: str,
+    start_time: str | None,
+    end_time: str | None,
+    page: str,
+    per_page: int,
+    filters: Filters = NO_FILTERS,
 ) -> str:
-    """One page's URL: the kept filters, then `page=...&per_page=N` last."""
+    """One page's URL: the kept time window and filters, then `page=...&per_page=N` last."""
     parts = []
     if start_time is not None:
         parts.append(f"start_time={quote(start_time, safe=_SAFE)}")
     if end_time is not None:
         parts.append(f"end_time={quote(end_time, safe=_SAFE)}")
+    parts.extend(filter_params(filters))
     parts.append(f"page={quote(page, safe=_SAFE)}")
     parts.append(f"per_page={per_page}")
     return f"{path_url}?{'&'.join(parts)}"
@@ -72,6 +90,7 @@ def link_header(
     current: str,
     next_page: str | None,
     per_page: int,
+    filters: Filters = NO_FILTERS,
 ) -> str:
     """`current`, `next` (when there is one) and `first`, joined by ',' with no space."""
     entries = [(current, "current")]
@@ -79,6 +98,6 @@ def link_header(
         entries.append((next_page, "next"))
     entries.append((FIRST, "first"))
     return ",".join(
-        f'<{page_url(path_url, start_time, end_time, page, per_page)}>; rel="{rel}"'
+        f'<{page_url(path_url, start_time, end_time, page, per_page, filters)}>; rel="{rel}"'
         for page, rel in entries
     )

@@ -318,7 +318,8 @@ _RESPONSE_OBJECTS: dict[str, Any] = {
             "Link": {
                 "description": '`<URL>; rel="current"`, `<URL>; rel="next"` (only when more '
                 'events exist) and `<URL>; rel="first"`, joined by `,`. Absolute URLs with '
-                "the numeric id, keeping start_time/end_time, ending in `page=...&per_page=N`.",
+                "the numeric id, keeping start_time/end_time and the filters (event_type sorted, "
+                "then user_id, event_source), ending in `page=...&per_page=N`.",
                 "required": True,
                 "schema": {"type": "string"},
             },
@@ -342,6 +343,39 @@ _QUERY_PARAMETERS: dict[str, Any] = {
         "events). " + _TIME_PARAMETER_TEXT,
         "schema": {"type": "string"},
         "example": "2026-02-28",
+    },
+    "event_type": {
+        "name": "event_type",
+        "in": "query",
+        "description": "Only events of these types: repeat the parameter for several "
+        "(`event_type=published&event_type=concluded`; Rails' `event_type[]=` works too), at "
+        "most one of each type. A value that is not an event type: 400.",
+        "style": "form",
+        "explode": True,
+        "schema": {
+            "type": "array",
+            "items": {"type": "string", "enum": sorted(EVENT_RECORDS)},
+            "maxItems": len(EVENT_RECORDS),
+        },
+        "example": ["published", "concluded"],
+    },
+    "user_id": {
+        "name": "user_id",
+        "in": "query",
+        "description": "Only events made by this user (the numeric Canvas user id). Not "
+        "digits, 0 or above 2^63-1: 400.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+        "example": 77,
+    },
+    "event_source": {
+        "name": "event_source",
+        "in": "query",
+        "description": "Only events with exactly this source, as the producer sent it: "
+        "Canvas sends `api`, `api_in_app`, `manual` and `sis`; other sources are stored as "
+        "they came, so any text is accepted. Empty, longer than 255 characters or holding "
+        "control characters: 400.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        "examples": {"sis": {"value": "sis"}, "manual": {"value": "manual"}},
     },
     "per_page": {
         "name": "per_page",

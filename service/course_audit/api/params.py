@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 import orjson
 
 from course_audit.api.errors import bad_parameter
-from course_audit.store.queries import Cursor, Window
+from course_audit.store.queries import EVENT_TYPES, MAX_ID, NO_FILTERS, Cursor, Filters, Window
 
 DEFAULT_PER_PAGE = 10
 MAX_PER_PAGE = 100
@@ -32,6 +32,12 @@ _DATE_ONLY = re.compile(r"[0-9]{4}-?[0-9]{2}-?[0-9]{2}")
 # form decoding turned it into a space ("...T10:00:00 02:00").
 _SPACE_OFFSET = re.compile(r"(.*[Tt ][0-9:.,]+) ([0-9]{2}(?::?[0-9]{2})?)")
 _TIME_EXAMPLE = "e.g. 2026-01-31, 2026-01-31T13:45:00Z or 2026-01-31T13:45:00-07:00"
+#: The sources Canvas sends (docs/messages.md): examples only, the set is open.
+KNOWN_EVENT_SOURCES = ("api", "api_in_app", "manual", "sis")
+#: Longest event_source the store holds (docs/messages.md#field-sizes).
+MAX_EVENT_SOURCE = 255
+_USER_ID = re.compile(r"[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ class Query:
     per_page: int
     page: str  # "first" or "bookmark:..." (canonical form)
     cursor: Cursor | None
+    filters: Filters = NO_FILTERS
 
 
 def _shown(value: str) -> str:
@@ -61,6 +68,20 @@ def _last(query: Mapping[str, str] | object, name: str) -> str | None:
         value = query.get(name)
         return None if value is None else str(value)
     return None
+
+
+def _all(query: Mapping[str, str] | object, name: str) -> list[str]:
+    # Every value of a repeatable parameter, in order (`name=a&name=b`).
+    getall = getattr(query, "getall", None)
+    if getall is not None:
+        values: list[str] = getall(name, [])
+        return list(values)
+    if isinstance(query, Mapping):
+        value = query.get(name)
+        if value is None:
+            return []
+        return [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+    return []
 
 
 def repair_offset(value: str) -> str:
@@ -142,6 +163,62 @@ def parse_page(value: str | None) -> tuple[str, Cursor | None]:
     )
 
 
+def parse_event_types(values: list[str]) -> tuple[str, ...]:
+    """Event types to keep (`event_type`, repeatable; also Rails' `event_type[]`), sorted and
+    each once; at most as many values as there are types."""
+    if len(values) > len(EVENT_TYPES):
+        raise bad_parameter(
+            f"event_type: {len(values)} values; give at most {len(EVENT_TYPES)},"
+            f" one of each of {', '.join(EVENT_TYPES)}"
+        )
+    for value in values:
+        if value not in EVENT_TYPES:
+            raise bad_parameter(
+                f"event_type: {_shown(value)} is not an event type"
+                f" (use one of {', '.join(EVENT_TYPES)})"
+            )
+    return tuple(sorted(set(values)))
+
+
+def parse_user_id(value: str | None) -> int | None:
+    """The numeric id of the user who made the change: 1 to 2^63-1."""
+    if value is None:
+        return None
+    if not _USER_ID.fullmatch(value):
+        raise bad_parameter(
+            f"user_id: {_shown(value)} is not a user id (digits only, 1 to {MAX_ID})"
+        )
+    digits = value.lstrip("0")
+    if not digits or len(digits) > len(str(MAX_ID)) or int(digits) > MAX_ID:
+        raise bad_parameter(f"user_id: {_shown(value)} is out of range (use 1 to {MAX_ID})")
+    return int(digits)
+
+
+def parse_event_source(value: str | None) -> str | None:
+    """How the change was made, exactly as stored: any text the store can hold (the set is
+    open: Canvas sends api, api_in_app, manual and sis)."""
+    if value is None:
+        return None
+    known = ", ".join(KNOWN_EVENT_SOURCES)
+    if not value:
+        raise bad_parameter(f"event_source: empty; give a source such as {known}")
+    if len(value) > MAX_EVENT_SOURCE or _CONTROL.search(value):
+        raise bad_parameter(
+            f"event_source: {_shown(value)} is not a source: at most {MAX_EVENT_SOURCE}"
+            f" characters, none of them control characters (e.g. {known})"
+        )
+    return value
+
+
+def parse_filters(query: Mapping[str, str] | object) -> Filters:
+    """event_type (repeatable), user_id and event_source; a repeated user_id or
+    event_source takes its last value, like every other parameter."""
+    types = parse_event_types(_all(query, "event_type") + _all(query, "event_type[]"))
+    user_id = parse_user_id(_last(query, "user_id"))
+    source = parse_event_source(_last(query, "event_source"))
+    return Filters(types, user_id, source)
+
+
 def _ceil_second(when: datetime) -> datetime:
     floor = when.replace(microsecond=0)
     if floor == when:
@@ -156,7 +233,8 @@ def _after_second(when: datetime) -> datetime | None:
 
 
 def parse_query(query: Mapping[str, str] | object, zone: tzinfo) -> Query:
-    """Parse start_time, end_time, per_page and page; raise ApiError (400) naming a bad one.
+    """Parse start_time, end_time, per_page, page and the filters; raise ApiError (400)
+    naming a bad one.
 
     created_at is compared at whole seconds, as the API shows it: an event shown at
     10:00:00Z is inside `end_time=10:00:00Z` even if it happened at 10:00:00.6.
@@ -170,9 +248,10 @@ def parse_query(query: Mapping[str, str] | object, zone: tzinfo) -> Query:
     end = None if end_raw is None else parse_time("end_time", end_raw, zone)
     per_page = parse_per_page(_last(query, "per_page"))
     page, cursor = parse_page(_last(query, "page"))
+    filters = parse_filters(query)
     since = None if start is None else _ceil_second(start)
     until = None if end is None else _after_second(end)
     empty = (start is not None and end is not None and start > end) or (
         since is not None and until is not None and since >= until
     )
-    return Query(start_raw, end_raw, Window(since, until), empty, per_page, page, cursor)
+    return Query(start_raw, end_raw, Window(since, until), empty, per_page, page, cursor, filters)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 
-from course_audit.model import Kind
+from course_audit.model import EVENT_RECORDS, Kind
 from course_audit.store.db import Conn
 
 #: Largest value of a PostgreSQL bigint; larger ids cannot exist in the store.
@@ -38,6 +38,100 @@ class Window:
 
     since: datetime | None = None
     until: datetime | None = None
+
+
+#: The event types a filter may name: the 13 Canvas course event types, sorted.
+EVENT_TYPES: tuple[str, ...] = tuple(sorted(EVENT_RECORDS))
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What a page is narrowed to besides its time window (docs/api.md#filters).
+
+    `event_types`: any of these types (empty: every type), sorted and each once, so equal
+    filters compare, hash and print alike; `user_id`: events by this user; `event_source`:
+    events with exactly this source. Build with `Filters.of` to get the canonical form.
+    """
+
+    event_types: tuple[str, ...] = ()
+    user_id: int | None = None
+    event_source: str | None = None
+
+    def __post_init__(self) -> None:
+        if tuple(sorted(set(self.event_types))) != self.event_types:
+            raise ValueError("event_types must be sorted, each once (use Filters.of)")
+        unknown = set(self.event_types).difference(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"not event types: {sorted(unknown)}")
+
+    @classmethod
+    def of(
+        cls,
+        event_types: Collection[str] = (),
+        user_id: int | None = None,
+        event_source: str | None = None,
+    ) -> Filters:
+        """Filters in canonical form: the event types sorted and deduplicated."""
+        return cls(tuple(sorted(set(event_types))), user_id, event_source)
+
+    @property
+    def active(self) -> bool:
+        """True when any filter is set (False: every event of the window)."""
+        return bool(self.event_types) or self.user_id is not None or self.event_source is not None
+
+
+NO_FILTERS = Filters()
+
+
+class FilterSql(NamedTuple):
+    """The WHERE clauses of some filters, their arguments (in parameter order) and, when the
+    event types are read one at a time (`per_type`), the parameter holding their array."""
+
+    clauses: list[str]
+    args: list[Any]
+    types_param: int | None = None
+
+
+def filter_clauses(filters: Filters, first: int, *, per_type: str | None = None) -> FilterSql:
+    """The clauses that apply `filters` on the `events` table, numbered from `$first`.
+
+    Only the filters in use are written. Several event types become `event_type =
+    ANY($k::text[])`; with `per_type` (an SQL expression, e.g. `t.wanted`) they become
+    `event_type = <per_type>` instead, and `types_param` is `k`: the caller reads one range
+    per type, over `unnest($k::text[])`. One event type is always `event_type = $k`. The
+    export and the live tail share these, so every reader filters alike.
+    """
+    clauses: list[str] = []
+    args: list[Any] = []
+    types_param = None
+    n = first
+    if filters.event_types:
+        if len(filters.event_types) == 1:
+            clauses.append(f"event_type = ${n}")
+            args.append(filters.event_types[0])
+        elif per_type is not None:
+            clauses.append(f"event_type = {per_type}")
+            args.append(list(filters.event_types))
+            types_param = n
+        else:
+            clauses.append(f"event_type = ANY(${n}::text[])")
+            args.append(list(filters.event_types))
+        n += 1
+    if filters.user_id is not None:
+        clauses.append(f"user_id = ${n}")
+        args.append(filters.user_id)
+        n += 1
+    if filters.event_source is not None:
+        clauses.append(f"event_source = ${n}")
+        args.append(filters.event_source)
+        n += 1
+    return FilterSql(clauses, args, types_param)
+
+
+def _per_type(filters: Filters) -> bool:
+    """Whether a page reads one index range per event type and merges them: several types
+    and no user (a user's events are one range of the user index; their types a filter)."""
+    return len(filters.event_types) > 1 and filters.user_id is None
 
 
 class EventRow(NamedTuple):
@@ -162,7 +256,13 @@ class SnapshotRow(NamedTuple):
     data: str | None = None
 
 
-def page_sql(column: str, window: Window, cursor: Cursor | None, roots: int = 1) -> tuple[str, int]:
+def page_sql(
+    column: str,
+    window: Window,
+    cursor: Cursor | None,
+    roots: int = 1,
+    filters: Filters = NO_FILTERS,
+) -> tuple[str, int]:
     """The page query on `column` (course_id or account_id) for a token of `roots` root
     accounts, and its number of parameters.
 
@@ -176,6 +276,13 @@ def page_sql(column: str, window: Window, cursor: Cursor | None, roots: int = 1)
     gets a plan of its own with partition pruning. The redundant `created_at <= cursor time`
     lets PostgreSQL prune the partitions newer than the cursor; the row comparison is the
     exact keyset condition and an index condition.
+
+    Filters (docs/store.md#filter-indexes) come after the cursor's parameters, before the
+    limit; without any, the text is the unfiltered query's. A user's events are one range of
+    the (column, root_account_id, user_id, created_at DESC, seq DESC) index; one event type's
+    one range of the (column, root_account_id, event_type, ...) index; several types (and no
+    user) are read one range per type, like several root accounts, and merged; the other
+    filters are checked on the rows of the range, which stops once the page is full.
     """
     if column not in ("course_id", "account_id"):
         raise ValueError(f"no page query on {column}")
@@ -194,7 +301,10 @@ def page_sql(column: str, window: Window, cursor: Cursor | None, roots: int = 1)
         clauses.append(f"created_at <= ${n + 1}")
         clauses.append(f"(created_at, seq) < (${n + 1}, ${n + 2})")
         n += 2
-    n += 1
+    per_type = _per_type(filters)
+    filtered = filter_clauses(filters, n + 1, per_type="t.wanted" if per_type else None)
+    clauses.extend(filtered.clauses)
+    n += len(filtered.args) + 1
     # The constant inner LIMIT is what lets PostgreSQL reuse one plan: costing `LIMIT $n`
     # without its value, the planner assumes a tenth of the matching rows, which for an
     # account (thousands of events) made every generic plan look dearer than a fresh one,
@@ -205,19 +315,27 @@ def page_sql(column: str, window: Window, cursor: Cursor | None, roots: int = 1)
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
         f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}"
     )
-    if not several:
+    if not several and not per_type:
         return f"SELECT * FROM ({inner}) page LIMIT ${n}", n
+    ranges = ["unnest($2::bigint[]) AS r(root)"] if several else []
+    if per_type:
+        ranges.append(f"unnest(${filtered.types_param}::text[]) AS t(wanted)")
     sql = (
-        f"SELECT page.* FROM unnest($2::bigint[]) AS r(root) CROSS JOIN LATERAL ({inner}) page"
+        f"SELECT page.* FROM {' CROSS JOIN '.join(ranges)} CROSS JOIN LATERAL ({inner}) page"
         f" ORDER BY page.created_at DESC, page.seq DESC LIMIT ${n}"
     )
     return sql, n
 
 
 def page_args(
-    key: int, roots: Collection[int], window: Window, cursor: Cursor | None, limit: int
+    key: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
+    filters: Filters = NO_FILTERS,
 ) -> list[Any]:
-    """The arguments of `page_sql` for the same window, cursor and number of roots."""
+    """The arguments of `page_sql` for the same window, cursor, number of roots and filters."""
     if not 0 < limit <= MAX_PAGE_ROWS:
         raise ValueError(f"a page query reads 1 to {MAX_PAGE_ROWS} rows, not {limit}")
     distinct = sorted(set(roots))
@@ -228,6 +346,7 @@ def page_args(
         args.append(window.until)
     if cursor is not None:
         args.extend((cursor.created_at, cursor.seq))
+    args.extend(filter_clauses(filters, 0).args)
     args.append(limit)
     return args
 
@@ -262,11 +381,12 @@ async def _page(
     window: Window,
     cursor: Cursor | None,
     limit: int,
+    filters: Filters,
 ) -> list[EventRow]:
     if not 0 < key <= MAX_ID:
         return []
-    sql, _ = page_sql(column, window, cursor, len(set(roots)))
-    rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit))
+    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters)
+    rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit, filters))
     # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
     return list(map(EventRow._make, rows))
 
@@ -278,9 +398,10 @@ async def course_page(
     window: Window,
     cursor: Cursor | None,
     limit: int,
+    filters: Filters = NO_FILTERS,
 ) -> list[EventRow]:
     """Up to `limit` events of a course stored under `roots`, after `cursor`, newest first."""
-    return await _page(conn, "course_id", course_id, roots, window, cursor, limit)
+    return await _page(conn, "course_id", course_id, roots, window, cursor, limit, filters)
 
 
 async def account_page(
@@ -290,9 +411,10 @@ async def account_page(
     window: Window,
     cursor: Cursor | None,
     limit: int,
+    filters: Filters = NO_FILTERS,
 ) -> list[EventRow]:
     """Up to `limit` events stored under `roots` whose direct account was `account_id`."""
-    return await _page(conn, "account_id", account_id, roots, window, cursor, limit)
+    return await _page(conn, "account_id", account_id, roots, window, cursor, limit, filters)
 
 
 def referenced(events: Sequence[EventRow]) -> Refs:
