@@ -12,6 +12,7 @@ API's (UTC); the expected ones are computed here with zoneinfo.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -413,10 +414,6 @@ async def test_token_course_lookup_and_paging(viewer: Viewer) -> None:
     wait_for(d, "no more pages", lambda d: not by_id(d, "more").is_displayed())
     assert by_id(d, "status").text == "26 events shown."
     shot(d, "3-all-pages")
-    if os.environ.get("AUDIT_UPDATE_SCREENSHOT") == "1":
-        d.execute_script("window.scrollTo(0, 0)")
-        DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        d.save_screenshot(str(DOC_SCREENSHOT))
 
     # The token is in this tab's sessionStorage only, and is forgotten on request.
     stored = "return sessionStorage.getItem('course-audit.token')"
@@ -558,6 +555,56 @@ async def test_copy_event_links_to_the_other_course(viewer: Viewer) -> None:
     back = row_cells(d, viewer.data.copy[1]["event_id"])
     assert back["What changed"] == "copied from course 4001 (Biology 101)"
     shot(d, "7-copied-course")
+
+
+# ------------------------------------------------------------------ make run's demo
+
+
+async def test_make_run_demo_prints_the_viewer_url(viewer: Viewer) -> None:
+    """deploy/local/demo.sh (what `make run` runs once the service is up) against this stack:
+    it prints the viewer's URL next to the curl lines, and that page shows the demo events."""
+    s = viewer.stack
+    env = {
+        **os.environ,
+        "AUDIT_HTTP_PORT": str(s.service.port),
+        "AUDIT_DATABASE_URL": s.db_url,
+        "AUDIT_KAFKA_BOOTSTRAP_SERVERS": s.kafka,
+        "AUDIT_KAFKA_TOPICS": s.topic,
+    }
+    demo = await asyncio.create_subprocess_exec(
+        "bash",
+        str(ROOT / "deploy" / "local" / "demo.sh"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+    )
+    out, err = await asyncio.wait_for(demo.communicate(), 300)
+    assert demo.returncode == 0, err.decode()[-3000:]
+    text = out.decode()
+    assert re.search(r"^\s+curl -s .*/api/v1/audit/course/courses/1000\?per_page=5\"$", text, re.M)
+    shown = re.search(r"^\s+(http://\S+/viewer/)$", text, re.M)
+    assert shown is not None, text
+    assert shown.group(1) == f"http://127.0.0.1:{s.service.port}/viewer/"
+    token = re.search(r"export TOKEN=(\S+)$", text, re.M)
+    assert token is not None, text
+
+    d = viewer.driver
+    d.get(shown.group(1))
+    ready = "return document.documentElement.dataset.ready"
+    wait_for(d, "the page's script", lambda d: d.execute_script(ready))
+    enter_token(d, token.group(1))
+    look_up(d, "course", "1000", per_page=25)
+    # The demo gives course 1000 a burst of 12 events of its own, besides its share of the rest.
+    wait_for(d, "the demo course's events", lambda d: len(row_ids(d)) >= 12)
+    assert by_id(d, "results-title").text == "Events of Course 1000"
+    shot(d, "0-demo")
+    if os.environ.get("AUDIT_UPDATE_SCREENSHOT") == "1":
+        # The README's picture: laptop width, tall enough for a screenful of events.
+        d.set_window_size(LAPTOP[0], 1150)
+        DOC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        d.save_screenshot(str(DOC_SCREENSHOT))
 
 
 # ------------------------------------------------------------------ phone width
