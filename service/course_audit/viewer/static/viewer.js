@@ -613,18 +613,31 @@ async function runLive(live) {
       if (live.lastId) headers["Last-Event-ID"] = live.lastId;
       const response = await apiFetch(streamUrl(), { headers, signal: live.controller.signal });
       say("Live: connected; new events appear at the top.");
+      let ended = null;
       await readEventStream(response.body, (message) => {
         if (view.live !== live) return;
         if (message.id) live.lastId = message.id;
-        if (message.event !== "event") return;
-        let event;
+        let body;
         try {
-          event = JSON.parse(message.data);
+          body = JSON.parse(message.data);
         } catch {
           return;
         }
-        if (addEvent(event, true)) say(`Live: new ${event.event_type} event. ${countText()}.`);
+        if (message.event === "event") {
+          if (addEvent(body, true)) say(`Live: new ${body.event_type} event. ${countText()}.`);
+        } else if (message.event === "error") {
+          // The server ends the stream for good (a revoked token ...): say why, do not retry.
+          const errors = body && Array.isArray(body.errors) ? body.errors : [];
+          ended = errors.map((e) => String(e && e.message)).join(" ") || "the stream ended";
+        }
       });
+      if (ended !== null) {
+        if (view.live === live) {
+          showError(`Live: ${ended}`);
+          stopLive();
+        }
+        return;
+      }
     } catch (error) {
       if (view.live !== live || live.controller.signal.aborted) return;
       if (error instanceof ApiError && error.status < 500) {
