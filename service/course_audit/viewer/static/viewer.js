@@ -624,6 +624,9 @@ async function runLive(live) {
           return;
         }
         if (message.event === "event") {
+          // The server filters by type too; this keeps the table consistent if it did not.
+          const types = view.filters.getAll("event_type");
+          if (types.length && !types.includes(body.event_type)) return;
           if (addEvent(body, true)) say(`Live: new ${body.event_type} event. ${countText()}.`);
         } else if (message.event === "error") {
           // The server ends the stream for good (a revoked token ...): say why, do not retry.
