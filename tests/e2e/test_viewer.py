@@ -297,6 +297,14 @@ async def test_event_detail_shows_each_change_old_to_new(viewer: Viewer) -> None
     d.switch_to.active_element.send_keys(Keys.ESCAPE)
     wait_for(d, "the dialog to close", lambda d: dialog.get_attribute("open") is None)
     assert d.switch_to.active_element.get_attribute("data-id") == diff_id
+    # One row at a time is in the tab order; the arrow keys move between rows.
+    d.switch_to.active_element.send_keys(Keys.ARROW_UP)
+    newest = viewer.data.copied_to["event_id"]
+    assert d.switch_to.active_element.get_attribute("data-id") == newest
+    in_tab_order = d.find_elements(By.CSS_SELECTOR, "#rows tr[tabindex='0']")
+    assert [r.get_attribute("data-id") for r in in_tab_order] == [newest]
+    d.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    assert d.switch_to.active_element.get_attribute("data-id") == diff_id
 
     # A click opens it too; Close closes it.
     diff_row.click()

@@ -340,7 +340,8 @@ function cell(row, label, content, className) {
 
 function rowOf(event) {
   const row = document.createElement("tr");
-  row.tabIndex = 0;
+  // One row is in the tab order at a time (a roving tabindex); arrow keys move between rows.
+  row.tabIndex = ui.rows.querySelector("tr[tabindex='0']") ? -1 : 0;
   row.dataset.id = event.id;
   row.dataset.type = event.event_type;
   row.title = "Open this event's details";
@@ -724,6 +725,14 @@ async function downloadExport() {
 
 // ------------------------------------------------------------------ wiring
 
+function focusRow(row) {
+  if (!row) return;
+  const current = ui.rows.querySelector("tr[tabindex='0']");
+  if (current && current !== row) current.tabIndex = -1;
+  row.tabIndex = 0;
+  row.focus();
+}
+
 function rowFrom(target) {
   const row = target instanceof Element ? target.closest("tr[data-id]") : null;
   return row && ui.rows.contains(row) ? row : null;
@@ -756,21 +765,30 @@ function start() {
 
   ui.rows.addEventListener("click", (event) => {
     const row = rowFrom(event.target);
-    if (row) openDetail(row.dataset.id, row);
+    if (!row) return;
+    focusRow(row);
+    openDetail(row.dataset.id, row);
   });
   ui.rows.addEventListener("keydown", (event) => {
     const row = rowFrom(event.target);
     if (!row || event.target !== row) return;
+    const moves = {
+      ArrowDown: row.nextElementSibling,
+      ArrowUp: row.previousElementSibling,
+      Home: ui.rows.firstElementChild,
+      End: ui.rows.lastElementChild,
+    };
     if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
       openDetail(row.dataset.id, row);
-    } else if (event.key === "ArrowDown" && row.nextElementSibling) {
+    } else if (event.key in moves) {
       event.preventDefault();
-      row.nextElementSibling.focus();
-    } else if (event.key === "ArrowUp" && row.previousElementSibling) {
-      event.preventDefault();
-      row.previousElementSibling.focus();
+      focusRow(moves[event.key]);
     }
+  });
+  ui.rows.addEventListener("focusin", (event) => {
+    const row = rowFrom(event.target);
+    if (row && row.tabIndex !== 0) focusRow(row);
   });
 
   ui.dialogClose.addEventListener("click", () => ui.dialog.close());
