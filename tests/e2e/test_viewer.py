@@ -127,6 +127,11 @@ async def test_viewer_is_served_with_strict_headers(viewer: Viewer) -> None:
                 assert (await resp.json())["errors"][0]["message"]
         async with http.post(f"{base}/viewer/") as resp:
             assert resp.status == 405
+            assert resp.headers["Allow"] == "GET,HEAD"
+        async with http.head(f"{base}/viewer/") as resp:
+            assert resp.status == 200
+            assert await resp.read() == b""
+            assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
         async with http.get(f"{base}/viewer/") as resp:
             page = await resp.text()
     parsed = _Scripts()
