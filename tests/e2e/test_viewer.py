@@ -257,6 +257,11 @@ async def test_errors_are_shown(viewer: Viewer) -> None:
         lambda d: alert.text == "Course 999999: The specified resource does not exist.",
     )
     shot(d, "5-error")
+    # Checked before anything is sent: a user id is digits.
+    by_id(d, "user").send_keys("ada")
+    look_up(d, "course", "4001")
+    wait_for(d, "the user id", lambda d: alert.text == "A user id is a number, e.g. 5004.")
+    by_id(d, "user").clear()
     look_up(d, "course", "4001")
     wait_for(d, "the error cleared", lambda d: rows_are(d, 10) and alert.text == "")
 

@@ -31,6 +31,8 @@ const ui = {
   targetLabel: $("target-label"),
   start: $("start"),
   end: $("end"),
+  user: $("user"),
+  source: $("source"),
   perPage: $("per-page"),
   types: $("types"),
   show: $("show"),
@@ -246,7 +248,25 @@ function filtersOf() {
   if (ui.start.value) params.set("start_time", dayBound(ui.start.value, false));
   if (ui.end.value) params.set("end_time", dayBound(ui.end.value, true));
   for (const type of checkedTypes()) params.append("event_type", type);
+  const user = ui.user.value.trim();
+  if (user) {
+    if (!/^[0-9]{1,19}$/.test(user)) throw new UserError("A user id is a number, e.g. 5004.");
+    params.set("user_id", user);
+  }
+  const source = ui.source.value.trim();
+  if (source) params.set("event_source", source);
   return params;
+}
+
+// Whether an event (from the live tail) passes the look-up's filters; the server applies them
+// too, this keeps the table consistent whatever it sends.
+function passes(event) {
+  const types = view.filters.getAll("event_type");
+  if (types.length && !types.includes(event.event_type)) return false;
+  const user = view.filters.get("user_id");
+  if (user !== null && String(event.links ? event.links.user : "") !== user) return false;
+  const source = view.filters.get("event_source");
+  return source === null || event.event_source === source;
 }
 
 function buildTypes() {
@@ -601,8 +621,10 @@ export async function readEventStream(body, onMessage) {
 }
 
 function streamUrl() {
-  const params = new URLSearchParams();
-  for (const type of view.filters.getAll("event_type")) params.append("event_type", type);
+  // The filters, not the date range: the tail shows what is stored from now on.
+  const params = new URLSearchParams(view.filters);
+  params.delete("start_time");
+  params.delete("end_time");
   const query = params.toString();
   return new URL(`${view.resolved}/stream${query ? `?${query}` : ""}`, window.location.origin);
 }
@@ -625,9 +647,7 @@ async function runLive(live) {
           return;
         }
         if (message.event === "event") {
-          // The server filters by type too; this keeps the table consistent if it did not.
-          const types = view.filters.getAll("event_type");
-          if (types.length && !types.includes(body.event_type)) return;
+          if (!passes(body)) return;
           if (addEvent(body, true)) say(`Live: new ${body.event_type} event. ${countText()}.`);
         } else if (message.event === "error") {
           // The server ends the stream for good (a revoked token ...): say why, do not retry.
