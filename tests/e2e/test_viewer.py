@@ -189,6 +189,8 @@ async def test_token_course_lookup_and_paging(viewer: Viewer) -> None:
     by_id(d, "more").click()
     assert wait_for(d, "the last page", lambda d: rows_are(d, 26)) == ids(expected)
     wait_for(d, "no more pages", lambda d: not by_id(d, "more").is_displayed())
+    # Focus was on the button that went away: it moves to the first row of the last page.
+    assert d.switch_to.active_element.get_attribute("data-id") == expected[20]["event_id"]
     assert by_id(d, "status").text == "26 events shown."
     shot(d, "3-all-pages")
 

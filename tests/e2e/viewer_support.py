@@ -281,4 +281,5 @@ def ids(events: list[dict[str, Any]]) -> list[str]:
 
 def enabled(d: WebDriver, element_id: str) -> WebElement | None:
     element = by_id(d, element_id)
-    return element if element.is_displayed() and element.is_enabled() else None
+    usable = element.is_displayed() and element.is_enabled()
+    return element if usable and element.get_attribute("aria-disabled") != "true" else None

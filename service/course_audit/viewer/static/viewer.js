@@ -80,6 +80,7 @@ function newView(target) {
     users: new Map(),
     courses: new Map(),
     live: null,      // {controller, lastId} while the live tail is on
+    loading: false,  // a page request is under way
   };
 }
 
@@ -404,8 +405,9 @@ function countText() {
 async function loadPage(url, first) {
   const mine = generation;
   ui.results.setAttribute("aria-busy", "true");
-  ui.more.disabled = true;
-  ui.show.disabled = true;
+  // aria-disabled, not disabled: a disabled button would drop the keyboard focus.
+  view.loading = true;
+  ui.more.setAttribute("aria-disabled", "true");
   try {
     const response = await apiFetch(url, { headers: { Accept: "application/json" } });
     const document_ = await response.json();
@@ -418,9 +420,15 @@ async function loadPage(url, first) {
     }
     remember(document_.linked);
     let added = 0;
+    const before = ui.rows.lastElementChild;
     for (const event of document_.events || []) if (addEvent(event, false)) added += 1;
     view.next = links.next ? here(links.next) : null;
+    const moreHadFocus = document.activeElement === ui.more;
     ui.more.hidden = view.next === null;
+    // The last page: "Load more" goes away; focus moves to the first row it brought.
+    if (moreHadFocus && ui.more.hidden) {
+      focusRow(before ? before.nextElementSibling : ui.rows.firstElementChild);
+    }
     ui.empty.hidden = view.events.size > 0;
     say(`${countText()}${view.next ? "; more available" : ""}.`);
     if (!first && added === 0 && view.next === null) say(`${countText()}; no more events.`);
@@ -429,9 +437,9 @@ async function loadPage(url, first) {
   } finally {
     if (mine === generation) {
       ui.results.removeAttribute("aria-busy");
-      ui.more.disabled = false;
+      view.loading = false;
+      ui.more.removeAttribute("aria-disabled");
     }
-    ui.show.disabled = false;
   }
 }
 
@@ -778,7 +786,7 @@ function start() {
     lookUp(false);
   });
   ui.more.addEventListener("click", () => {
-    if (view.next) loadPage(view.next, false);
+    if (view.next && !view.loading) loadPage(view.next, false);
   });
   ui.live.addEventListener("click", () => (view.live ? stopLive() : startLive()));
   ui.exportButton.addEventListener("click", downloadExport);
