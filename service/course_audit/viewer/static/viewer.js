@@ -720,13 +720,13 @@ function fileNameOf(disposition) {
 }
 
 async function downloadExport() {
-  if (!view.resolved) return;
+  if (!view.resolved || ui.exportButton.getAttribute("aria-disabled") === "true") return;
   clearError();
   const format = ui.exportFormat.value;
   const params = new URLSearchParams(view.filters);
   params.set("format", format);
   const url = new URL(`${view.resolved}/export?${params}`, window.location.origin);
-  ui.exportButton.disabled = true;
+  ui.exportButton.setAttribute("aria-disabled", "true");
   say("Preparing the export…");
   try {
     const response = await apiFetch(url);
@@ -747,7 +747,7 @@ async function downloadExport() {
   } catch (error) {
     reportFailure(error, "Export");
   } finally {
-    ui.exportButton.disabled = false;
+    ui.exportButton.removeAttribute("aria-disabled");
   }
 }
 
