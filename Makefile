@@ -37,7 +37,9 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix service tests deploy
 	$(BIN)/ruff format service tests deploy
 
+# The viewer's browser tests need chromium and chromium-driver (installed when missing).
 test: setup lint
+	@bash deploy/local/provision.sh browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The container layer (README.md#the-container-layer): the end-to-end tests with Kafka and
@@ -45,7 +47,7 @@ test: setup lint
 # compose tests. Needs a Docker engine; images no registry gives are built offline first.
 CONTAINER_TESTS ?= tests/e2e tests/containers
 test-containers: setup
-	@bash deploy/local/provision.sh images
+	@bash deploy/local/provision.sh images browser
 	$(PY) deploy/images/build.py ensure
 	compose=$$(bash deploy/local/compose-cli.sh) && \
 	  AUDIT_TEST_COMPOSE="$$compose" AUDIT_TEST_SERVICES=containers \

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # `make run`'s demo (started in the background by run.sh once migrations are applied): wait for
 # the service, create a demo token, publish realistic demo events through Kafka with
-# `course-audit produce`, wait until the API shows them, then print curl lines to try.
+# `course-audit produce`, wait until the API shows them, then print curl lines to try and the
+# viewer's URL.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 port=${AUDIT_HTTP_PORT:-8080}
 base="http://localhost:${port}"
+viewer="http://127.0.0.1:${port}/viewer/"
 py=.venv/bin/python
 cli=.venv/bin/course-audit
 work=$(mktemp -d "${TMPDIR:-/tmp}/course-audit-demo.XXXXXX")
@@ -118,6 +120,9 @@ cat <<EOF
  Events of the courses directly in account 100 (root account 1) and 101 (root account 2):
    curl -s -H "Authorization: Bearer \$TOKEN" "$base/api/v1/audit/course/accounts/100?start_time=$since"
    curl -s -H "Authorization: Bearer \$TOKEN" "$base/api/v1/audit/course/accounts/101"
+
+ The course-activity viewer (paste the token; try course 1000, or account 100):
+   $viewer
 
  The API description: curl -s $base/openapi.json        Ctrl-C stops everything.
 ================================================================================

@@ -28,6 +28,7 @@ PACKAGE = ROOT / "service" / "course_audit"
 # Written out from the source tree, not asked of the package under test.
 SCHEMA_FILES = sorted(p.name for p in (PACKAGE / "schemas").glob("*.avsc"))
 MIGRATION_FILES = sorted(p.name for p in (PACKAGE / "store" / "migrations").glob("*.sql"))
+VIEWER_FILES = sorted(p.name for p in (PACKAGE / "viewer" / "static").iterdir())
 _DECLARED = re.search(r'^__version__ = "([^"]+)"$', (PACKAGE / "__init__.py").read_text(), re.M)
 assert _DECLARED is not None, "course_audit/__init__.py declares no __version__"
 VERSION = _DECLARED.group(1)
@@ -38,6 +39,7 @@ import json, sys
 from importlib.metadata import version
 import course_audit
 from course_audit.store.migrate import load_migrations
+from course_audit.viewer import load_files
 from course_audit.wire.schemas import BUILTIN_SCHEMA_DIR, builtin_catalog
 names = sys.argv[1:]
 catalog = builtin_catalog()
@@ -47,6 +49,7 @@ print(json.dumps({
     "dist_version": version("course-audit"),
     "readers": {n: catalog.reader(n) is not None for n in names},
     "migrations": [f"{m.version:04d}_{m.name}.sql" for m in load_migrations()],
+    "viewer": {name: len(f.body) for name, f in load_files().items()},
 }))
 """
 
@@ -92,7 +95,7 @@ def _one(dist: Path, pattern: str) -> Path:
     return found[0]
 
 
-def test_the_sdist_and_the_wheel_carry_schemas_and_migrations(dist: Path) -> None:
+def test_the_sdist_and_the_wheel_carry_schemas_migrations_and_the_viewer(dist: Path) -> None:
     wheel = _one(dist, f"course_audit-{VERSION}-py3-none-any.whl")
     sdist = _one(dist, f"course_audit-{VERSION}.tar.gz")
     in_wheel = zipfile.ZipFile(wheel).namelist()
@@ -108,8 +111,14 @@ def test_the_sdist_and_the_wheel_carry_schemas_and_migrations(dist: Path) -> Non
             for n in names
             if n.startswith(f"{prefix}course_audit/store/migrations/")
         )
+        viewer = sorted(
+            n.rsplit("/", 1)[1]
+            for n in names
+            if n.startswith(f"{prefix}course_audit/viewer/static/")
+        )
         assert schemas == SCHEMA_FILES
         assert migrations == MIGRATION_FILES
+        assert viewer == VIEWER_FILES
     # The old top-level directory is gone; nothing outside the package ships in the wheel.
     assert not [n for n in in_wheel if n.startswith("schemas/")]
     assert {n.split("/", 1)[0] for n in in_wheel} == {
@@ -144,3 +153,7 @@ def test_the_installed_wheel_runs_from_outside_the_checkout(dist: Path, tmp_path
     assert found["dist_version"] == VERSION
     assert found["readers"] == dict.fromkeys(record_names, True)
     assert found["migrations"] == MIGRATION_FILES
+    # The viewer's files, read from the installed package, as in the checkout.
+    assert found["viewer"] == {
+        name: (PACKAGE / "viewer" / "static" / name).stat().st_size for name in VIEWER_FILES
+    }

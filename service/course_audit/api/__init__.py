@@ -18,10 +18,12 @@ from course_audit.api.handlers import (
 )
 from course_audit.api.render import UTC_NAMES
 from course_audit.runtime.web import SETTINGS
+from course_audit.viewer import install_viewer
 
 
 def install_api(app: web.Application) -> None:
-    """Add the audit endpoints, /openapi.json and JSON errors to the app (before it starts)."""
+    """Add the audit endpoints, /openapi.json, the viewer and JSON errors to the app (before it
+    starts)."""
     settings = app[SETTINGS]
     # Appended after `observe`, so the request metrics see the statuses of JSON errors.
     app.middlewares.append(errors_middleware)
@@ -29,6 +31,7 @@ def install_api(app: web.Application) -> None:
     app.router.add_get(COURSE_PATH, events_handler(COURSE))
     app.router.add_get(ACCOUNT_PATH, events_handler(ACCOUNT))
     app.router.add_get("/openapi.json", openapi)
+    install_viewer(app)
 
 
 __all__ = ["install_api"]
