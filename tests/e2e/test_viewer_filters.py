@@ -14,6 +14,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from test_api_support import newest_first
 from viewer_support import (
+    GRACE,
     Viewer,
     by_id,
     enabled,
@@ -66,3 +67,31 @@ async def test_filter_by_event_type(viewer: Viewer) -> None:
     got = wait_for(d, "the rest of the updates", lambda d: rows_are(d, len(updated)))
     assert got == ids(updated)
     wait_for(d, "no more pages", lambda d: not by_id(d, "more").is_displayed())
+
+
+async def test_filter_by_user_and_source(viewer: Viewer) -> None:
+    d = open_page(viewer)
+    enter_token(d, viewer.token)
+    everything = newest_first(viewer.data.biology)
+
+    by_id(d, "user").send_keys(str(GRACE["id"]))
+    look_up(d, "course", "4001", per_page=100)
+    grace = [e for e in everything if e["user"] == GRACE]
+    assert 0 < len(grace) < len(everything)
+    assert wait_for(d, "Grace's events", lambda d: rows_are(d, len(grace))) == ids(grace)
+
+    # With a source as well: both filters at once.
+    by_id(d, "source").send_keys("manual")
+    look_up(d, "course", "4001", per_page=100)
+    both = [e for e in grace if e["event_source"] == "manual"]
+    assert 0 < len(both) < len(grace)
+    assert wait_for(d, "Grace's manual events", lambda d: rows_are(d, len(both))) == ids(both)
+
+    # A source the store does not know is no error: nothing matches.
+    by_id(d, "user").clear()
+    by_id(d, "source").clear()
+    by_id(d, "source").send_keys("carrier-pigeon")
+    look_up(d, "course", "4001", per_page=100)
+    wait_for(d, "no events", lambda d: by_id(d, "empty").is_displayed())
+    assert rows_are(d, 0) == []
+    shot(d, "9-filtered-source")
