@@ -218,6 +218,10 @@ async def test_new_events_arrive_in_order_with_their_ids(tail: Tail) -> None:
         last = now_events(course(5001), 1)
         await tail.send(last)
         assert (await by_course.next()).id == last[0]["event_id"]
+        # Stored late: created an hour before what was already sent; still sent live.
+        late = [make_event("updated", datetime.now(UTC) - timedelta(hours=1), course(5001))]
+        await tail.send(late)
+        assert (await by_course.next()).id == late[0]["event_id"]
         # Idle: heartbeats keep coming (AUDIT_STREAM_HEARTBEAT_S=1).
         before = by_course.comments
         await eventually(

@@ -159,10 +159,11 @@ SELECT t.created_at, t.seq,
   FROM top t
 """
 
+# By the primary key (event_id, created_at): one index probe per monthly partition. (Not via
+# event_ids: the API's role may read events but not the consumer's id claims.)
 _POSITION = """
-SELECT e.created_at, e.seq FROM event_ids i
-  JOIN events e ON e.event_id = i.event_id AND e.created_at = i.created_at
- WHERE i.event_id = $1 AND e.{column} = $2 AND e.root_account_id = ANY($3::bigint[])
+SELECT created_at, seq FROM events
+ WHERE event_id = $1 AND {column} = $2 AND root_account_id = ANY($3::bigint[])
 """
 
 
