@@ -323,7 +323,19 @@ async def test_a_revoked_tokens_stream_ends(tail: Tail) -> None:
     assert b"event: error" in rest and b"Revoked access token." in rest
 
 
+async def no_streams(tail: Tail) -> None:
+    """Wait until the streams earlier tests closed are gone (a closed client is noticed at
+    the next write: a heartbeat at the latest)."""
+    await eventually(
+        lambda: tail.metric("course_audit_stream_subscribers"),
+        lambda n: n == 0,
+        30,
+        "the closed streams to be gone",
+    )
+
+
 async def test_many_idle_subscribers(tail: Tail) -> None:
+    await no_streams(tail)
     async with contextlib.AsyncExitStack() as streams:
         opened = [
             await streams.enter_async_context(tail.open(stream_path(5002))) for _ in range(MANY)
@@ -343,12 +355,7 @@ async def test_many_idle_subscribers(tail: Tail) -> None:
         assert len(more) == MAX_STREAMS - MANY
         status, body = await tail.status(stream_path(5002), token=tail.token)
         assert status == 503 and "live streams" in body["errors"][0]["message"]
-    await eventually(
-        lambda: tail.metric("course_audit_stream_subscribers"),
-        lambda n: n == 0,
-        30,
-        "the closed streams to be gone",
-    )
+    await no_streams(tail)
 
 
 async def _listen_pids(db_url: str) -> list[int]:
