@@ -43,6 +43,7 @@ from course_audit.retry import Backoff, wait_or_stop
 from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import METRICS, RUNTIME, SETTINGS
 from course_audit.store.db import Conn
+from course_audit.store.errors import is_transient
 from course_audit.store.queries import Cursor, EventRow
 from course_audit.store.tail import (
     EVENTS_CHANNEL,
@@ -602,12 +603,13 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
         if request.method == "HEAD":
             return web.Response(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                          "Cache-Control": "no-store"})  # fmt: skip
-        if hub.full():
-            hub.metrics.stream_ended.labels("refused_full").inc()
-            raise too_many_streams()
         pool = request.app[RUNTIME].pool
         assert pool is not None  # with_database answered 503 otherwise
         await hub.start(pool)
+        # Checked and joined with no await between: concurrent requests cannot pass the cap.
+        if hub.full():
+            hub.metrics.stream_ended.labels("refused_full").inc()
+            raise too_many_streams()
         sub = hub.join(column, opened.key, opened.roots, opened.start, hash_token(token), request)
         try:
             response = web.StreamResponse(
@@ -618,7 +620,18 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
                 }
             )
             await response.prepare(request)
-            await _pump(request, response, hub, sub, column, opened)
+            try:
+                await _pump(request, response, hub, sub, column, opened)
+            except Exception as exc:
+                # Headers are sent: no JSON error response any more, an error event instead.
+                hub.metrics.stream_ended.labels("error").inc()
+                if is_transient(exc):
+                    log.warning("live tail stream cut: database", extra={"error": str(exc)})
+                    body = message_body("The database is unavailable; try again shortly.")
+                else:
+                    log.exception("unexpected error in a live tail stream")
+                    body = message_body("An internal error occurred.")
+                await _write(request, response, error_message(body))
             return response
         finally:
             hub.leave(sub)
