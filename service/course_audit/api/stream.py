@@ -40,6 +40,7 @@ from course_audit.api.handlers import API_STATE, Target, with_database
 from course_audit.api.render import render_events
 from course_audit.config import Settings
 from course_audit.retry import Backoff, wait_or_stop
+from course_audit.runtime.http_server import HttpConnection
 from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import METRICS, RUNTIME, SETTINGS
 from course_audit.store.db import Conn
@@ -611,6 +612,9 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
             hub.metrics.stream_ended.labels("refused_full").inc()
             raise too_many_streams()
         sub = hub.join(column, opened.key, opened.roots, opened.start, hash_token(token), request)
+        protocol = request.protocol
+        if isinstance(protocol, HttpConnection):
+            protocol.on_lost.append(sub.end)
         try:
             response = web.StreamResponse(
                 headers={
@@ -635,6 +639,8 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
             return response
         finally:
             hub.leave(sub)
+            if isinstance(protocol, HttpConnection) and sub.end in protocol.on_lost:
+                protocol.on_lost.remove(sub.end)
 
     return handle
 
