@@ -218,10 +218,17 @@ async def test_new_events_arrive_in_order_with_their_ids(tail: Tail) -> None:
         last = now_events(course(5001), 1)
         await tail.send(last)
         assert (await by_course.next()).id == last[0]["event_id"]
-        # Stored late: created an hour before what was already sent; still sent live.
-        late = [make_event("updated", datetime.now(UTC) - timedelta(hours=1), course(5001))]
+        # Stored late: created half an hour before what was already sent; still sent live.
+        late = [make_event("updated", datetime.now(UTC) - timedelta(minutes=30), course(5001))]
         await tail.send(late)
         assert (await by_course.next()).id == late[0]["event_id"]
+        # Replayed old data (over an hour older than the newest event sent) is left to the
+        # endpoints: the next message is the new event produced after it (same partition,
+        # so stored after it).
+        replayed = make_event("updated", datetime.now(UTC) - timedelta(hours=3), course(5001))
+        fresh = now_events(course(5001), 1)
+        await tail.send([replayed, *fresh])
+        assert (await by_course.next()).id == fresh[0]["event_id"]
         # Idle: heartbeats keep coming (AUDIT_STREAM_HEARTBEAT_S=1).
         before = by_course.comments
         await eventually(

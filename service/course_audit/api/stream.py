@@ -66,6 +66,10 @@ WRITE_TIMEOUT_S = 30.0
 #: How far below a group's last key a catch-up looks for events stored late (an earlier
 #: created_at than events already sent).
 LATE_SLACK = timedelta(seconds=10)
+#: How much older than the newest event a group has seen a newly stored event may be and
+#: still be sent live. Older ones (a replay of old data) are left to the endpoints: reading
+#: them would scan the group's index from that far back on every notification.
+LATE_WINDOW = timedelta(hours=1)
 #: Seqs a subscriber remembers having been sent, to skip an event that comes both from a
 #: catch-up read and from the live queue.
 RECENT_SEQS = 8192
@@ -486,8 +490,11 @@ class StreamHub:
         while True:
             if pending is not None:
                 assert pending.since is not None
+                since = pending.since
+                if group.last is not None:
+                    since = max(since, group.last.created_at - LATE_WINDOW)
                 rows = await tail_page(
-                    conn, column, key, roots, pending.since,
+                    conn, column, key, roots, since,
                     seq_range=(pending.lo, pending.hi), page=page,
                 )  # fmt: skip
             elif group.last is None:
