@@ -294,6 +294,30 @@ async def test_resume_sends_exactly_the_missed_events(tail: Tail) -> None:
         assert (await both.next()).id == tail_end[0]["event_id"]
 
 
+SLOW_EVENTS = 30_000
+
+
+async def test_a_slow_reader_is_caught_up_from_the_store(tail: Tail) -> None:
+    """A client that stops reading: its queue overflows (the socket buffers fill first), it
+    is caught up from the store, and in the end it has every event once, in order."""
+    c = course(5004, 1, 502)
+    seed = [make_event("created", datetime.now(UTC) - timedelta(minutes=5), c)]
+    await tail.send(seed)
+    await wait_stored(tail.stack.db_url, [seed[0]["event_id"]])
+    before = await tail.metric("course_audit_stream_resyncs_total")
+    async with tail.open(stream_path(5004)) as sse:
+        produced = now_events(c, SLOW_EVENTS, step_ms=1)
+        await tail.send(produced)
+        await eventually(
+            lambda: tail.metric("course_audit_stream_resyncs_total"),
+            lambda n: n > before,
+            60,
+            "the slow reader's queue to overflow",
+        )
+        got = await sse.events(SLOW_EVENTS, timeout=60)
+    assert [m.id for m in got] == [e["event_id"] for e in produced]
+
+
 async def test_refusals(tail: Tail) -> None:
     status, body = await tail.status(stream_path(5001))
     assert status == 401 and body["status"] == "unauthenticated"
