@@ -237,7 +237,7 @@ class Settings:
         env="AUDIT_STREAM_MAX_SUBSCRIBERS",
         parse=integer(0, 1_000_000),
         doc="live tail streams open at once per API process; beyond it a new one is a 503"
-        " (keep it below AUDIT_HTTP_MAX_CONNECTIONS)",
+        " (keep it below AUDIT_HTTP_MAX_CONNECTIONS); 0 turns the live tail off",
     )
     stream_heartbeat_s: int = setting(
         15,
