@@ -323,6 +323,16 @@ async def test_refusals(tail: Tail) -> None:
     assert status == 401 and body["status"] == "unauthenticated"
     status, body = await tail.status(stream_path(5001), token="x" * 43)
     assert status == 401 and body["errors"][0]["message"] == "Invalid access token."
+    # The token is checked before the parameters, as on the endpoints.
+    status, body = await tail.status(
+        stream_path(5001), token="x" * 43, params={"last_event_id": "nope"}
+    )
+    assert status == 401
+    # An unknown course with a valid token and a bad parameter: the 400 comes first.
+    status, body = await tail.status(
+        stream_path(999999), token=tail.token, params={"last_event_id": "nope"}
+    )
+    assert status == 400
     status, body = await tail.status(
         stream_path(5001), token=tail.token, params={"last_event_id": "nope"}
     )

@@ -587,10 +587,10 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
         raw = request.match_info[target.param]
         state = request.app[API_STATE]
         hub = request.app[STREAM_HUB]
-        resume_id = parse_resume(request)
 
         async def work(conn: Conn) -> Opened:
             info = await authenticate(conn, token, state.tokens)
+            resume_id = parse_resume(request)  # after the token, as the endpoints' parameters
             roots = info.root_account_ids
             key = await target.resolve(conn, raw, roots)
             if key is None or not await target.known(conn, key, roots):
