@@ -193,6 +193,31 @@ async def _seed(db: str, kafka: str, topic: str, world: World, encoder: Encoder)
         await conn.close()
 
 
+async def _fanout(session: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The API's own fan-out lag over the whole run (course_audit_stream_fanout_seconds):
+    rounds, mean, and the share of rounds within 10 and 50 ms."""
+    async with session.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("course_audit_stream_fanout_seconds"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    count = values.get("course_audit_stream_fanout_seconds_count", 0.0)
+    total = values.get("course_audit_stream_fanout_seconds_sum", 0.0)
+
+    def share(le: str) -> float:
+        key = f'course_audit_stream_fanout_seconds_bucket{{le="{le}"}}'
+        return values.get(key, 0.0) / count if count else float("nan")
+
+    return {
+        "rounds": count,
+        "mean_s": total / count if count else float("nan"),
+        "within_10ms": share("0.01"),
+        "within_50ms": share("0.05"),
+    }
+
+
 def _latency(watch: Watch, missed: int, delivery: list[float]) -> dict[str, Any]:
     lat = watch.latencies
     return {
@@ -310,6 +335,7 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
                 100 * (_cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
             )
             results["busy_rss_mb_b"] = _rss_mb(pid)
+            results["fanout"] = await _fanout(session, serve.base_url)
             for resp, task in streams:
                 task.cancel()
                 resp.close()
@@ -338,6 +364,7 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
         "api_cpu_pct_idle_streams": results["idle_cpu_pct"],
         "api_cpu_pct_producing_without_idle": results["busy_cpu_pct_a"],
         "api_cpu_pct_producing_with_idle": results["busy_cpu_pct_b"],
+        "fanout": results["fanout"],
     }
     report.ratios = {
         "p99_s": max(a["p99_s"], b["p99_s"]),
@@ -380,6 +407,12 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
                 ],
             ],
         )
+    )
+    fan = results["fanout"]
+    print(
+        f"\nAPI fan-out (notification to queued, whole run): {fan['rounds']:,.0f} rounds, mean"
+        f" {fan['mean_s'] * 1000:.1f} ms, {fan['within_10ms']:.1%} within 10 ms,"
+        f" {fan['within_50ms']:.1%} within 50 ms"
     )
     none_row = [0, results["none_idle_rss_mb"], results["none_idle_cpu_pct"]]
     idle_row = [IDLE_SUBSCRIBERS, results["idle_rss_mb"], results["idle_cpu_pct"]]
