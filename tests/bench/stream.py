@@ -5,7 +5,8 @@
 (the stream crosses them through LISTEN/NOTIFY, as with separate replicas). Then:
 
 1. idle, no streams: the API process's RSS and CPU% over IDLE_SECONDS;
-2. freshness: WATCHED course streams open while this process produces at a steady rate; every
+2. freshness (after 3 s of unmeasured warm-up): WATCHED course streams open while this process
+   produces at a steady rate; every
    event of a watched course is timed from just before its send to its `id:` line arriving;
 3. IDLE_SUBSCRIBERS idle streams opened (on quiet courses that get no events): RSS and CPU%
    idle again;
@@ -301,6 +302,8 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
             watch_a = Watch()
             for cid in watched:
                 streams.append(await _open(session, f"{base}/{cid}/stream", token, watch_a))
+            # Warm-up, not measured: the consumer's first batches, the first group queries.
+            await _produce(producer, encoder, world, topic, rate, 3, set(), Watch())
             progress(f"stream: freshness, {rate:,} events/s for {seconds}s, {WATCHED} streams")
             cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
             results["achieved_a"] = await _produce(
