@@ -6,8 +6,8 @@
 
 1. idle, no streams: the API process's RSS and CPU% over IDLE_SECONDS;
 2. freshness (after 3 s of unmeasured warm-up): WATCHED course streams open while this process
-   produces at a steady rate; every
-   event of a watched course is timed from just before its send to its `id:` line arriving;
+   produces at a steady rate; every event of a watched course is timed from just before its
+   send to its `id:` line arriving;
 3. IDLE_SUBSCRIBERS idle streams opened (on quiet courses that get no events): RSS and CPU%
    idle again;
 4. freshness again with them connected.
