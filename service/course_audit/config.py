@@ -232,6 +232,25 @@ class Settings:
         doc="open HTTP connections per process; beyond it the one waiting longest for a "
         "request head is closed",
     )
+    stream_max_subscribers: int = setting(
+        500,
+        env="AUDIT_STREAM_MAX_SUBSCRIBERS",
+        parse=integer(0, 1_000_000),
+        doc="live tail streams open at once per API process; beyond it a new one is a 503"
+        " (keep it below AUDIT_HTTP_MAX_CONNECTIONS); 0 turns the live tail off",
+    )
+    stream_heartbeat_s: int = setting(
+        15,
+        env="AUDIT_STREAM_HEARTBEAT_S",
+        parse=integer(1, 3600),
+        doc="an idle live tail stream gets a comment line this often, so proxies keep it open",
+    )
+    stream_poll_interval_s: int = setting(
+        2,
+        env="AUDIT_STREAM_POLL_INTERVAL_S",
+        parse=integer(1, 600),
+        doc="while the API cannot LISTEN for stored batches, live tails poll the store this often",
+    )
     public_base_url: str | None = setting(
         None,
         env="AUDIT_PUBLIC_BASE_URL",

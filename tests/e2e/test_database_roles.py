@@ -18,7 +18,7 @@ from course_audit.store.tokens import create_token
 from db_roles import as_role, login_roles
 from pipeline import encode, produce
 from service_process import ServiceProcess, service_env
-from waits import eventually
+from waits import eventually, within
 
 pytestmark = pytest.mark.e2e
 
@@ -118,6 +118,7 @@ async def _roles_at_work(
             assert resp.status == 200
             body: dict[str, Any] = await resp.json()
         assert sorted(e["id"] for e in body["events"]) == sorted(e["event_id"] for e in events)
+        await _live_tail_across_roles(serve, token, events, kafka_bootstrap, topic, course)
 
         # Maintenance is the consumer's: it drops the expired month (by the database's
         # clock); the API replica, given the same 1 s interval and started first, never ran
@@ -135,3 +136,34 @@ async def _roles_at_work(
         for proc in (consume, serve):
             if proc is not None:
                 proc.stop()
+
+
+async def _live_tail_across_roles(
+    serve: ServiceProcess,
+    token: str,
+    stored: list[dict[str, Any]],
+    kafka_bootstrap: str,
+    topic: str,
+    course: dict[str, Any],
+) -> None:
+    """The reader's live tail: resumed after the older event it gets the newer one, then an
+    event the writer's process stores arrives through LISTEN/NOTIFY across the processes."""
+    url = f"{serve.base_url}/api/v1/audit/course/courses/{course['id']}/stream"
+    headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": stored[1]["event_id"]}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        ids = []
+
+        async def next_id() -> None:
+            while True:
+                line = (await resp.content.readline()).decode()
+                if line.startswith("id: "):
+                    ids.append(line[4:].strip())
+                    return
+
+        await within(next_id(), 30, "the resumed event on the reader's stream")
+        assert ids == [stored[0]["event_id"]]
+        live = make_event("updated", datetime.now(UTC), course)
+        await produce(kafka_bootstrap, topic, [encode(live)])
+        await within(next_id(), 60, "a new event on the reader's stream")
+        assert ids == [stored[0]["event_id"], live["event_id"]]

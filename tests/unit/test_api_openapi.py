@@ -27,6 +27,8 @@ def test_document_lists_both_endpoints_and_the_operational_routes() -> None:
     assert set(paths) == {
         "/api/v1/audit/course/courses/{course_id}",
         "/api/v1/audit/course/accounts/{account_id}",
+        "/api/v1/audit/course/courses/{course_id}/stream",
+        "/api/v1/audit/course/accounts/{account_id}/stream",
         "/openapi.json",
         "/health/live",
         "/health/ready",

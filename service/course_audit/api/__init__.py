@@ -17,6 +17,7 @@ from course_audit.api.handlers import (
     openapi,
 )
 from course_audit.api.render import UTC_NAMES
+from course_audit.api.stream import install_stream
 from course_audit.runtime.web import SETTINGS
 from course_audit.viewer import install_viewer
 
@@ -30,6 +31,7 @@ def install_api(app: web.Application) -> None:
     app[API_STATE] = ApiState(token_cache(), settings.zone, settings.time_zone in UTC_NAMES)
     app.router.add_get(COURSE_PATH, events_handler(COURSE))
     app.router.add_get(ACCOUNT_PATH, events_handler(ACCOUNT))
+    install_stream(app, COURSE_PATH, ACCOUNT_PATH, COURSE, ACCOUNT)
     app.router.add_get("/openapi.json", openapi)
     install_viewer(app)
 

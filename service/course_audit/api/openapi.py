@@ -328,6 +328,77 @@ _RESPONSE_OBJECTS: dict[str, Any] = {
     },
 }
 
+_RESPONSE_OBJECTS["EventStream"] = {
+    "description": "A live tail (text/event-stream) that stays open: first the stored events "
+    "after the resume id (if one was given), then each new event as it is stored. Each event "
+    "is one message: `id: <event id>`, `event: event`, `data: <the event as one JSON object, "
+    "shaped like an item of events[]>`. Lines starting with `:` are heartbeats. A message "
+    '`event: error` with an error body (e.g. `{"errors":[{"message":"Revoked access token."}]}`)'
+    " ends the stream.",
+    "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
+    "content": {
+        "text/event-stream": {
+            "schema": {"type": "string"},
+            "example": "retry: 2000\n: live tail\n\nid: 5b1b5e3e-8f0a-4c51-9d55-2f6f4fd5c2a1\n"
+            'event: event\ndata: {"id":"5b1b5e3e-8f0a-4c51-9d55-2f6f4fd5c2a1",...}\n\n',
+        }
+    },
+}
+_RESPONSE_OBJECTS["TooManyStreams"] = _error(
+    "The database is unreachable, or this process already holds "
+    "AUDIT_STREAM_MAX_SUBSCRIBERS live streams.",
+    "This server holds as many live streams as it may; try again shortly.",
+    {
+        "Retry-After": {
+            "description": f"Seconds to wait ({RETRY_AFTER_S}).",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        }
+    },
+)
+
+_STREAM_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "last_event_id",
+        "in": "query",
+        "description": "Resume: first send this stream's stored events after this event "
+        "(created_at, then arrival order), then the live ones. The Last-Event-ID header, "
+        "when sent, takes precedence. Not an event of this course or account: 400.",
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "description": "What a reconnecting EventSource sends: the id of the last event it "
+        "received (as last_event_id).",
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    {"$ref": "#/components/parameters/access_token"},
+]
+
+
+def _stream_operation(
+    summary: str, description: str, path_parameter: dict[str, Any], op_id: str
+) -> dict[str, Any]:
+    return {
+        "operationId": op_id,
+        "summary": summary,
+        "description": description,
+        "tags": ["Live tail"],
+        "security": [{"bearer": []}, {"access_token": []}],
+        "parameters": [path_parameter, *_STREAM_PARAMETERS],
+        "responses": {
+            "200": {"$ref": _RESPONSES + "EventStream"},
+            "400": {"$ref": _RESPONSES + "BadParameter"},
+            "401": {"$ref": _RESPONSES + "Unauthorized"},
+            "404": {"$ref": _RESPONSES + "NotFound"},
+            "405": {"$ref": _RESPONSES + "MethodNotAllowed"},
+            "500": {"$ref": _RESPONSES + "InternalError"},
+            "503": {"$ref": _RESPONSES + "TooManyStreams"},
+        },
+    }
+
+
 _QUERY_PARAMETERS: dict[str, Any] = {
     "start_time": {
         "name": "start_time",
@@ -467,6 +538,22 @@ def _template() -> dict[str, Any]:
         },
         "listCourseEventsForAccount",
     )
+    course_id = course["parameters"][0]
+    account_id = account["parameters"][0]
+    course_stream = _stream_operation(
+        "Live tail of a course's events",
+        "Server-Sent Events: each event of the course as it is stored (oldest first within "
+        "a stored batch). Resume with Last-Event-ID or last_event_id.",
+        course_id,
+        "streamCourseEventsForCourse",
+    )
+    account_stream = _stream_operation(
+        "Live tail of an account's events",
+        "Server-Sent Events: each event of the courses whose direct account is this one, as "
+        "it is stored. Resume with Last-Event-ID or last_event_id.",
+        account_id,
+        "streamCourseEventsForAccount",
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -484,10 +571,12 @@ def _template() -> dict[str, Any]:
             "course or account is a 404 exactly like an unknown id.",
         },
         "servers": [{"url": "/"}],
-        "tags": [{"name": "Course Audit log"}, {"name": "Operations"}],
+        "tags": [{"name": "Course Audit log"}, {"name": "Live tail"}, {"name": "Operations"}],
         "paths": {
             "/api/v1/audit/course/courses/{course_id}": {"get": course},
             "/api/v1/audit/course/accounts/{account_id}": {"get": account},
+            "/api/v1/audit/course/courses/{course_id}/stream": {"get": course_stream},
+            "/api/v1/audit/course/accounts/{account_id}/stream": {"get": account_stream},
             "/openapi.json": {
                 "get": _plain(
                     "This document",

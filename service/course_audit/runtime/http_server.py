@@ -125,6 +125,7 @@ class HttpConnection(web.RequestHandler):
         "_head_bytes",
         "_head_started",
         "_header_timeout",
+        "on_lost",
     )
 
     def __init__(
@@ -151,6 +152,9 @@ class HttpConnection(web.RequestHandler):
         #: Bytes of the request head in progress, and when it began; None before its first byte.
         self._head_bytes: int | None = None
         self._head_started = 0.0
+        #: Called once when the connection is lost (a live tail stream ends at once, rather
+        #: than at its next write).
+        self.on_lost: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ connection life
 
@@ -196,6 +200,9 @@ class HttpConnection(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         self._connections.drop(self)
+        callbacks, self.on_lost = self.on_lost, []
+        for callback in callbacks:
+            callback()
         super().connection_lost(exc)
 
     def evict(self, limit: int) -> None:

@@ -74,3 +74,41 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.stream_subscribers = Gauge(
+            "course_audit_stream_subscribers", "live tail streams open", registry=r
+        )
+        self.stream_notifications = Counter(
+            "course_audit_stream_notifications",
+            "stored-batch notifications the API's stream hub received",
+            registry=r,
+        )
+        self.stream_listening = Gauge(
+            "course_audit_stream_listening",
+            "1 while the stream hub LISTENs for stored batches, 0 while it polls the store",
+            registry=r,
+        )
+        self.stream_polls = Counter(
+            "course_audit_stream_polls",
+            "catch-up rounds of the stream hub (after a reconnect, and while polling)",
+            registry=r,
+        )
+        self.stream_fanout_seconds = Histogram(
+            "course_audit_stream_fanout_seconds",
+            "from a notification's arrival to its events queued for every subscriber",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.stream_events = Counter(
+            "course_audit_stream_events", "events queued to live tail subscribers", registry=r
+        )
+        self.stream_ended = Counter(
+            "course_audit_stream_ended",
+            "live tail streams ended by the server, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.stream_resyncs = Counter(
+            "course_audit_stream_resyncs",
+            "slow subscribers whose queue overflowed and were caught up from the store",
+            registry=r,
+        )

@@ -25,6 +25,10 @@ from course_audit.store.partitions import (
 
 log = logging.getLogger(__name__)
 
+#: The PostgreSQL channel each batch statement notifies of the events it stored (its
+#: payload: docs/design.md#live-tail); the API's stream hub listens on it.
+EVENTS_CHANNEL = "course_audit_events"
+
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
@@ -154,7 +158,23 @@ WITH batch AS MATERIALIZED (
       FROM new
      ORDER BY ord
     ON CONFLICT DO NOTHING
-    RETURNING 1
+    RETURNING seq, created_at, course_id, account_id
+), announced AS (
+    -- The live tail (docs/design.md#live-tail): one notification of what this statement
+    -- stored, delivered when its transaction commits (and dropped if it rolls back). Only
+    -- where to look, never the rows: the oldest created_at (whole seconds, rounded down) and
+    -- the seq range, with the courses and accounts; a list too long for a notification's
+    -- 8000 bytes becomes "all" (every listener looks).
+    SELECT pg_notify('course_audit_events',
+                     CASE WHEN octet_length(n.detailed) <= 7800 THEN n.detailed ELSE n.brief END)
+      FROM (SELECT jsonb_build_object('from', floor(extract(epoch FROM min(created_at)))::bigint,
+                                      'lo', min(seq), 'hi', max(seq),
+                                      'c', jsonb_agg(DISTINCT course_id),
+                                      'a', jsonb_agg(DISTINCT account_id))::text AS detailed,
+                   jsonb_build_object('from', floor(extract(epoch FROM min(created_at)))::bigint,
+                                      'lo', min(seq), 'hi', max(seq), 'all', true)::text AS brief
+              FROM stored
+            HAVING count(*) > 0) AS n
 ), course_snapshots AS (
     SELECT DISTINCT ON (id, root) id, root, data, at, related
       FROM (SELECT (r->4->>'id')::bigint AS id, (r->4->>'root_account_id')::bigint AS root,
@@ -262,6 +282,7 @@ WITH batch AS MATERIALIZED (
      WHERE NOT EXISTS (SELECT FROM new n WHERE n.ord = b.ord)
 )
 SELECT (SELECT count(*) FROM stored) AS inserted,
+       (SELECT count(*) FROM announced) AS announced,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(kind, id, root, others)), '[]')::text
           FROM tenant_conflicts WHERE cardinality(others) > 0) AS tenant_conflicts,
        coalesce(array_agg(ord ORDER BY ord), '{}') AS odd,
