@@ -313,6 +313,13 @@ class Settings:
         parse=integer(1, 1000),
         doc="largest database connection pool",
     )
+    export_stall_timeout_s: int = setting(
+        60,
+        env="AUDIT_EXPORT_STALL_TIMEOUT_S",
+        parse=integer(1, 3600),
+        doc="an export whose client takes none of its data for this long is stopped, freeing "
+        "its database connection",
+    )
     log_level: str = setting(
         "INFO",
         env="AUDIT_LOG_LEVEL",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +138,7 @@ async def export_chunks(
     *,
     chunk: int = EXPORT_CHUNK,
     timeout: float | None = None,
-) -> AsyncIterator[list[EventRow]]:
+) -> AsyncGenerator[list[EventRow], None]:
     """The export's events, oldest first, in chunks of up to `chunk` rows (never an empty
     one). Use it with `contextlib.aclosing`.
 
