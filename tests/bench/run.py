@@ -1,6 +1,6 @@
 """`make bench`: start the local services as `make test` does and run the benchmarks.
 
-python tests/bench/run.py [--quick] [--only ingest,query,freshness] [--ingest-n N] ...
+python tests/bench/run.py [--quick] [--only ingest,query,freshness,export] [--ingest-n N] ...
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from harness import provide_services
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
-    parser.add_argument("--only", default="ingest,query,freshness")
+    parser.add_argument("--only", default="ingest,query,freshness,export")
     parser.add_argument("--ingest-n", type=int, default=None, help="messages (full: 300,000)")
     parser.add_argument("--naive-n", type=int, default=None, help="messages for the naive run")
     parser.add_argument("--repeats", type=int, default=None)
@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate", type=int, default=2000, help="freshness events/s")
     parser.add_argument("--fresh-seconds", type=int, default=None, help="freshness (full: 60)")
+    parser.add_argument("--export-n", type=int, default=None, help="events (full: 1,000,000)")
     args = parser.parse_args()
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
@@ -62,6 +63,11 @@ def main() -> int:
 
                 seconds = args.fresh_seconds or (15 if quick else 60)
                 report = asyncio.run(bench_freshness(endpoints, args.rate, seconds, log_dir))
+            elif name == "export":
+                from export import bench_export
+
+                n = args.export_n or (100_000 if quick else 1_000_000)
+                report = asyncio.run(bench_export(endpoints, n, repeats, log_dir))
             else:
                 print(f"unknown benchmark {name!r}", file=sys.stderr)
                 return 2
