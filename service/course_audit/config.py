@@ -317,8 +317,8 @@ class Settings:
         60,
         env="AUDIT_EXPORT_STALL_TIMEOUT_S",
         parse=integer(1, 3600),
-        doc="an export whose client takes none of its data for this long is stopped, freeing "
-        "its database connection",
+        doc="an export whose client takes less than 64 KiB of it in this long is stopped, "
+        "freeing its database connection",
     )
     log_level: str = setting(
         "INFO",

@@ -8,9 +8,9 @@ oldest first ((created_at, seq) ascending), as one NDJSON line (an item of the e
 Memory stays constant: events are read in keyset chunks (store/export.py) inside one
 REPEATABLE READ, read-only transaction (the export shows the store as it was when it began)
 and each chunk is written before the next is taken; a client that reads slowly holds the
-export back through TCP, and one that takes nothing for AUDIT_EXPORT_STALL_TIMEOUT_S, or
-goes away, ends it: the statement in flight is cancelled and the connection goes back to the
-pool. An export holds one pooled connection while it runs, so at most half the pool
+export back through TCP, and one that takes less than 64 KiB in
+AUDIT_EXPORT_STALL_TIMEOUT_S, or goes away, ends it: the statement in flight is cancelled and
+the connection goes back to the pool. An export holds one pooled connection while it runs, so at most half the pool
 (AUDIT_DB_POOL_MAX // 2, at least one) may run at once per process; another gets a 503.
 """
 
@@ -77,6 +77,10 @@ CSV_COLUMNS = (
 #: A spreadsheet reads a cell starting with one of these as a formula: such a cell gets a
 #: leading `'` (OWASP's CSV injection advice), which spreadsheets show as text.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+#: What a client must take within AUDIT_EXPORT_STALL_TIMEOUT_S, at the least, to keep its
+#: export going (aiohttp waits for the socket to drain once 64 KiB are queued).
+WRITE_PIECE = 1 << 16
 
 _EVENT_ID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -279,9 +283,14 @@ async def _plan(request: web.Request, conn: Conn, token: str, spec: ExportTarget
 
 
 async def _write(resp: web.StreamResponse, data: bytes, stall_s: float) -> None:
+    """Write `data` in pieces of `WRITE_PIECE` bytes, each of which the client must take
+    (into its socket buffers) within `stall_s`: a slow reader is waited for, one that takes
+    next to nothing is not."""
+    view = memoryview(data)
     try:
-        async with asyncio.timeout(stall_s):
-            await resp.write(data)
+        for start in range(0, len(view), WRITE_PIECE):
+            async with asyncio.timeout(stall_s):
+                await resp.write(view[start : start + WRITE_PIECE])
     except TimeoutError:
         raise _Stop("stalled") from None
     except ConnectionError:

@@ -474,8 +474,8 @@ _ACCOUNT_ID = {
 }
 _EXPORT_TEXT = (
     " Streamed in constant memory from one consistent snapshot of the store; a client may "
-    "read as slowly as it likes, but one that takes nothing for AUDIT_EXPORT_STALL_TIMEOUT_S "
-    "is cut off. Each server runs at most half its database pool's size of exports at once; "
+    "read slowly, but one that takes less than 64 KiB in AUDIT_EXPORT_STALL_TIMEOUT_S is cut "
+    "off. Each server runs at most half its database pool's size of exports at once; "
     "beyond that: 503 with Retry-After."
 )
 
