@@ -10,8 +10,9 @@ REPEATABLE READ, read-only transaction (the export shows the store as it was whe
 and each chunk is written before the next is taken; a client that reads slowly holds the
 export back through TCP, and one that takes less than 64 KiB in
 AUDIT_EXPORT_STALL_TIMEOUT_S, or goes away, ends it: the statement in flight is cancelled and
-the connection goes back to the pool. An export holds one pooled connection while it runs, so at most half the pool
-(AUDIT_DB_POOL_MAX // 2, at least one) may run at once per process; another gets a 503.
+the connection goes back to the pool. An export holds one pooled connection while it runs,
+so at most half the pool (AUDIT_DB_POOL_MAX // 2, at least one) may run at once per process;
+another gets a 503.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ CSV_COLUMNS = (
 #: leading `'` (OWASP's CSV injection advice), which spreadsheets show as text.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
+#: Events rendered at once: the objects NDJSON builds per event (the endpoints' event dicts)
+#: cost a few KB each while they live (docs/performance.md#export-render-slices).
+RENDER_SLICE = 250
 #: What a client must take within AUDIT_EXPORT_STALL_TIMEOUT_S, at the least, to keep its
 #: export going (aiohttp waits for the socket to drain once 64 KiB are queued).
 WRITE_PIECE = 1 << 16
@@ -349,7 +353,11 @@ async def _stream(
             if csv_out:
                 await _write(resp, csv_header(), stall_s)
             while rows is not None:
-                await _write(resp, render(rows, state.zone, state.utc), stall_s)
+                # Rendered a slice at a time: a whole chunk's event objects at once would be
+                # most of what the export holds (docs/performance.md#export-render-slices).
+                for start in range(0, len(rows), RENDER_SLICE):
+                    data = render(rows[start : start + RENDER_SLICE], state.zone, state.utc)
+                    await _write(resp, data, stall_s)
                 events += len(rows)
                 try:
                     rows = await anext(chunks, None)
