@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -35,6 +36,7 @@ from test_api_support import (
 )
 
 from service_process import ServiceProcess
+from tcp_proxy import Proxy
 from waits import eventually, within
 
 pytestmark = pytest.mark.e2e
@@ -579,8 +581,8 @@ async def test_a_client_that_takes_nothing_is_cut_off_after_the_stall_timeout(
     api: Api | None = None
     try:
         await replica.wait_ready()
-        api = Api(replica.base_url)
-        await api.load_document()
+        api = client = Api(replica.base_url)
+        await client.load_document()
         async with stalled_export(replica.port, export_path(BIG), token) as reader:
             lines = await replica.wait_log("export stopped", 30)
             assert '"reason":"stalled"' in lines[0], lines
@@ -605,3 +607,55 @@ async def _drain(reader: asyncio.StreamReader) -> bytes:
             body += chunk
     assert not body.endswith(b"\r\n0\r\n\r\n")
     return body
+
+
+def through(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{port}", parts.path, parts.query, ""))
+
+
+async def test_an_export_the_store_fails_under_ends_without_its_last_chunk(
+    world: World, tmp_path: Path
+) -> None:
+    """The database goes away in the middle of an export: the client gets what was written,
+    then a closed connection without the chunked body's end (not a complete-looking file);
+    the process serves exports again once the database is back."""
+    s, token = world.stack, world.tokens["root1"]
+    target = urlsplit(s.db_url)
+    proxy = await Proxy(target.hostname or "127.0.0.1", target.port or 5432).start()
+    replica = ServiceProcess(
+        "serve", {"AUDIT_DATABASE_URL": through(s.db_url, proxy.port)}, tmp_path / "serve.log"
+    )
+    api: Api | None = None
+    try:
+        replica.start()
+        await replica.wait_ready()
+        api = client = Api(replica.base_url)
+        await client.load_document()
+        async with stalled_export(replica.port, export_path(BIG), token) as reader:
+            await eventually(
+                lambda: export_states(s.db_url),
+                lambda states: states == ["idle in transaction"],
+                30,
+                "the export to wait for its client",
+            )
+            proxy.cut()
+            body = await within(_drain(reader), 60, "the export to end")
+        lines = await replica.wait_log("export stopped", 30)
+        assert '"reason":"store failed"' in lines[0], lines
+        assert b"\r\n0\r\n\r\n" not in body and len(body) > 1 << 20
+        proxy.mend()
+        reply = await eventually(
+            lambda: client.get(export_path(7001), token=token),
+            lambda r: r.status == 200,
+            60,
+            "an export through the mended proxy",
+        )
+        assert reply.body == lines_of(world, *COURSE_ORDER)
+    finally:
+        if api is not None:
+            await api.close()
+        # In a thread: the proxy runs on this loop, and the service closes its pool through it.
+        await asyncio.to_thread(replica.stop)
+        await proxy.close()
