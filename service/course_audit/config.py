@@ -332,6 +332,13 @@ class Settings:
         parse=integer(1, 1000),
         doc="largest database connection pool",
     )
+    export_stall_timeout_s: int = setting(
+        60,
+        env="AUDIT_EXPORT_STALL_TIMEOUT_S",
+        parse=integer(1, 3600),
+        doc="an export whose client takes less than 64 KiB of it in this long is stopped, "
+        "freeing its database connection",
+    )
     log_level: str = setting(
         "INFO",
         env="AUDIT_LOG_LEVEL",

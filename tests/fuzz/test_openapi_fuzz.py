@@ -8,7 +8,7 @@ parameter, methods the document does not declare), drawn requests (both valid an
 the document) and stateful sequences. Every response must be what the document describes: no
 5xx, a documented status, content type, headers and body schema. It runs once with the token
 and once for each way of not having one (none, unknown, revoked, another scheme), where every
-answer of the two events endpoints must be the documented 401.
+answer of the two events endpoints and their exports must be the documented 401.
 
 `make test` runs a short, derandomised pass (AUDIT_FUZZ_EXAMPLES drawn requests per operation,
 default 25); `make test-fuzz EXAMPLES=500` a longer, randomised one (docs: README, Development).
@@ -54,6 +54,8 @@ RUN_TIMEOUT_S = 600 + EXAMPLES
 COURSES = "/api/v1/audit/course/courses/{course_id}"
 ACCOUNTS = "/api/v1/audit/course/accounts/{account_id}"
 EVENTS_PATHS = (COURSES, ACCOUNTS)
+#: The export routes: the same tokens, ids and statuses; a 200 body is NDJSON or CSV.
+EXPORT_PATHS = (COURSES + "/export", ACCOUNTS + "/export")
 
 #: What every response is checked for (schemathesis check names).
 CHECKS = [
@@ -225,6 +227,19 @@ def _body(response: dict[str, Any]) -> Any:
     return json.loads(raw) if raw else None
 
 
+def _exported(response: dict[str, Any]) -> int:
+    """The events of an export's 200 body: its NDJSON lines, or its CSV rows (no event's
+    CSV row holds a line break in this data)."""
+    content = response.get("content") or {}
+    if "$base64" in content:
+        raw = base64.b64decode(content["$base64"])
+    else:
+        raw = str(content.get("body", "")).encode()
+    if raw.startswith(b"id,created_at,"):
+        return raw.count(b"\r\n") - 1
+    return raw.count(b"\n")
+
+
 def read_report(report_dir: Path, output: str) -> Run:
     run = Run(output)
     reports = list(report_dir.glob("*.ndjson"))
@@ -241,9 +256,11 @@ def read_report(report_dir: Path, output: str) -> Run:
             response = interaction.get("response")
             status = None if response is None else response["status_code"]
             run.statuses[(path, method, status)] += 1
-            if response is None or path not in EVENTS_PATHS:
+            if response is None or path not in EVENTS_PATHS + EXPORT_PATHS:
                 continue
-            if status == 200 and method == "GET":
+            if status == 200 and method == "GET" and path in EXPORT_PATHS:
+                run.events[path] += _exported(response)
+            elif status == 200 and method == "GET":
                 run.events[path] += len(_body(response)["events"])
             elif status == 401:
                 run.unauthorized.update(e["message"] for e in _body(response)["errors"])
@@ -333,10 +350,10 @@ async def test_with_a_token_every_response_is_documented(target: Target, tmp_pat
         f"Bearer {target.tokens['valid']}",
         "examples,coverage,fuzzing,stateful",
     )
-    for path in EVENTS_PATHS:
+    for path in EVENTS_PATHS + EXPORT_PATHS:
         seen = run.seen(path)
-        # Pages with events, bad parameters, unknown and other tenants' ids, other methods:
-        # the fuzzer reached each answer, not only the 404.
+        # Pages (exports) with events, bad parameters, unknown and other tenants' ids, other
+        # methods: the fuzzer reached each answer, not only the 404.
         assert {200, 400, 404, 405} <= seen, (path, sorted(run.statuses.items(), key=str))
         assert run.events[path] > 0, f"no 200 of {path} had events\n{run.output}"
         assert None not in seen, f"{path}: a request got no response\n{run.output}"
@@ -372,7 +389,7 @@ async def test_without_a_valid_token_every_answer_is_the_documented_401(
     # Every answer is a 401 here: the documented examples and the stateful sequences (which
     # follow values from 200 bodies) would add nothing.
     run = await schemathesis_run(target.service, tmp_path, authorization, "coverage,fuzzing")
-    for path in EVENTS_PATHS:
+    for path in EVENTS_PATHS + EXPORT_PATHS:
         seen = run.seen(path)
         # 405 for methods the document does not declare comes before authentication.
         assert 401 in seen and seen <= {401, 405}, (path, sorted(seen, key=str))

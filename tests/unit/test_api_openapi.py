@@ -29,6 +29,8 @@ def test_document_lists_both_endpoints_and_the_operational_routes() -> None:
         "/api/v1/audit/course/accounts/{account_id}",
         "/api/v1/audit/course/courses/{course_id}/stream",
         "/api/v1/audit/course/accounts/{account_id}/stream",
+        "/api/v1/audit/course/courses/{course_id}/export",
+        "/api/v1/audit/course/accounts/{account_id}/export",
         "/openapi.json",
         "/health/live",
         "/health/ready",
@@ -48,6 +50,16 @@ def test_document_lists_both_endpoints_and_the_operational_routes() -> None:
         "access_token",
     }
     assert set(course["responses"]) == {"200", "400", "401", "404", "405", "500", "503"}
+    for target, path_parameter in (("courses", "course_id"), ("accounts", "account_id")):
+        export = paths[f"/api/v1/audit/course/{target}/{{{path_parameter}}}/export"]["get"]
+        names = {p.get("name") or p["$ref"].rsplit("/", 1)[1] for p in export["parameters"]}
+        assert names == {path_parameter, "start_time", "end_time", "format", "after_id",
+                         "access_token"}  # fmt: skip
+        assert set(export["responses"]) == {"200", "400", "401", "404", "405", "500", "503"}
+        assert export["responses"]["200"] == {"$ref": "#/components/responses/Export"}
+    export_ok = openapi_document()["components"]["responses"]["Export"]
+    assert set(export_ok["content"]) == {"application/x-ndjson", "text/csv"}
+    assert export_ok["headers"]["Content-Disposition"]["required"] is True
 
 
 def test_both_endpoints_document_the_filters() -> None:

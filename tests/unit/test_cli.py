@@ -27,7 +27,8 @@ def test_version() -> None:
 def test_help_lists_every_subcommand() -> None:
     out = _cli("--help")
     assert out.returncode == 0
-    for name in ("run", "consume", "serve", "migrate", "token", "dlq", "produce", "retention"):
+    for name in ("run", "consume", "serve", "migrate", "token", "dlq", "produce", "retention",
+                 "events"):  # fmt: skip
         assert name in out.stdout
 
 
@@ -47,6 +48,7 @@ def test_every_subcommand_has_a_handler() -> None:
         ["run"], ["consume"], ["serve"], ["migrate"], ["retention"], ["produce"],
         ["token", "create", "--name", "n", "--root-account", "1"], ["token", "list"],
         ["token", "revoke", "1"], ["dlq", "list"], ["dlq", "replay"],
+        ["events", "course", "1"], ["events", "account", "1"],
     ]  # fmt: skip
     paths = {parser.parse_args(argv).command_path for argv in leaves}
     assert paths == set(HANDLERS)

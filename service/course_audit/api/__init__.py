@@ -6,6 +6,16 @@ from aiohttp import web
 
 from course_audit.api.auth import token_cache
 from course_audit.api.errors import errors_middleware
+from course_audit.api.export import (
+    ACCOUNT_EXPORT,
+    ACCOUNT_EXPORT_PATH,
+    COURSE_EXPORT,
+    COURSE_EXPORT_PATH,
+    EXPORT_SLOTS,
+    ExportSlots,
+    export_handler,
+    export_limit,
+)
 from course_audit.api.handlers import (
     ACCOUNT,
     ACCOUNT_PATH,
@@ -32,6 +42,9 @@ def install_api(app: web.Application) -> None:
     app.router.add_get(COURSE_PATH, events_handler(COURSE))
     app.router.add_get(ACCOUNT_PATH, events_handler(ACCOUNT))
     install_stream(app, COURSE_PATH, ACCOUNT_PATH, COURSE, ACCOUNT)
+    app[EXPORT_SLOTS] = ExportSlots(export_limit(settings.db_pool_max))
+    app.router.add_get(COURSE_EXPORT_PATH, export_handler(COURSE_EXPORT))
+    app.router.add_get(ACCOUNT_EXPORT_PATH, export_handler(ACCOUNT_EXPORT))
     app.router.add_get("/openapi.json", openapi)
     install_viewer(app)
 

@@ -399,6 +399,32 @@ def _stream_operation(
     }
 
 
+_RESPONSE_OBJECTS["Export"] = {
+    "description": "Every event of the window, oldest first (created_at, then arrival, "
+    "ascending), streamed: one JSON line per event (`format=ndjson`, the default), each an "
+    "item of the endpoints' `events` array (no linked objects), or a CSV header line and one "
+    "row per event (`format=csv`; RFC 4180, CRLF; columns id, created_at, event_type, "
+    "event_source, course_id, user_id, page_view_id, sis_batch_id, related_course_id, "
+    "event_data as compact JSON; a text cell starting with = + - @ tab or CR begins with "
+    "`'`). An export cut short (client too slow, store failure) ends without the chunked "
+    "body's last chunk; resume it with `after_id` set to the last complete line's id.",
+    "headers": {
+        "Content-Disposition": {
+            "description": 'attachment; filename="<course|account>-<id>_<start>_<end>.<format>"'
+            " (start/end in UTC as 20260131T134500Z, or beginning/latest).",
+            "required": True,
+            "schema": {"type": "string", "pattern": '^attachment; filename="[A-Za-z0-9_.-]+"$'},
+        },
+        "Cache-Control": {"$ref": "#/components/headers/NoStore"},
+    },
+    "content": {
+        "application/x-ndjson": {
+            "schema": {"type": "string", "description": "One CourseEvent JSON object a line."}
+        },
+        "text/csv": {"schema": {"type": "string"}},
+    },
+}
+
 _QUERY_PARAMETERS: dict[str, Any] = {
     "start_time": {
         "name": "start_time",
@@ -461,6 +487,24 @@ _QUERY_PARAMETERS: dict[str, Any] = {
         "description": "`first` (default), or the opaque `bookmark:...` value of a Link URL.",
         "schema": {"type": "string", "pattern": "^(first|bookmark:[A-Za-z0-9_-]+)$"},
     },
+    "format": {
+        "name": "format",
+        "in": "query",
+        "description": "Export format: `ndjson` (default) or `csv`; anything else: 400.",
+        "schema": {"type": "string", "enum": ["ndjson", "csv"], "default": "ndjson"},
+    },
+    "after_id": {
+        "name": "after_id",
+        "in": "query",
+        "description": "Resume an export after this event (the id of its last complete "
+        "line): the events strictly after it in the export's order. Not an event id: 400; "
+        "not an event of this course or account within the token's root accounts: 400.",
+        "schema": {
+            "type": "string",
+            "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+            "[0-9a-fA-F]{12}$",
+        },
+    },
     "access_token": {
         "name": "access_token",
         "in": "query",
@@ -471,8 +515,17 @@ _QUERY_PARAMETERS: dict[str, Any] = {
 }
 
 
+_PAGE_PARAMETERS = ("start_time", "end_time", "per_page", "page", "access_token")
+_EXPORT_PARAMETERS = ("start_time", "end_time", "format", "after_id", "access_token")
+
+
 def _operation(
-    summary: str, description: str, path_parameter: dict[str, Any], op_id: str
+    summary: str,
+    description: str,
+    path_parameter: dict[str, Any],
+    op_id: str,
+    parameters: tuple[str, ...] = _PAGE_PARAMETERS,
+    success: str = "AuditDocument",
 ) -> dict[str, Any]:
     return {
         "operationId": op_id,
@@ -482,10 +535,10 @@ def _operation(
         "security": [{"bearer": []}, {"access_token": []}],
         "parameters": [
             path_parameter,
-            *({"$ref": f"#/components/parameters/{name}"} for name in _QUERY_PARAMETERS),
+            *({"$ref": f"#/components/parameters/{name}"} for name in parameters),
         ],
         "responses": {
-            "200": {"$ref": _RESPONSES + "AuditDocument"},
+            "200": {"$ref": _RESPONSES + success},
             "400": {"$ref": _RESPONSES + "BadParameter"},
             "401": {"$ref": _RESPONSES + "Unauthorized"},
             "404": {"$ref": _RESPONSES + "NotFound"},
@@ -510,8 +563,47 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_COURSE_ID = {
+    "name": "course_id",
+    "in": "path",
+    "required": True,
+    "description": "A numeric course id, or `sis_course_id:<value>`.",
+    "schema": {"type": "string", "pattern": "^([0-9]+|sis_course_id:.+)$"},
+}
+_ACCOUNT_ID = {
+    "name": "account_id",
+    "in": "path",
+    "required": True,
+    "description": "A numeric account id.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+_EXPORT_TEXT = (
+    " Streamed in constant memory from one consistent snapshot of the store; a client may "
+    "read slowly, but one that takes less than 64 KiB in AUDIT_EXPORT_STALL_TIMEOUT_S is cut "
+    "off. Each server runs at most half its database pool's size of exports at once; "
+    "beyond that: 503 with Retry-After."
+)
+
+
 @lru_cache(maxsize=1)
 def _template() -> dict[str, Any]:
+    course_export = _operation(
+        "Export a course's change events",
+        "Every event of one course in the window, oldest first, as NDJSON or CSV." + _EXPORT_TEXT,
+        _COURSE_ID,
+        "exportCourseEventsForCourse",
+        _EXPORT_PARAMETERS,
+        "Export",
+    )
+    account_export = _operation(
+        "Export an account's course change events",
+        "Every event of the courses whose direct account was this account when the event "
+        "happened, in the window, oldest first, as NDJSON or CSV." + _EXPORT_TEXT,
+        _ACCOUNT_ID,
+        "exportCourseEventsForAccount",
+        _EXPORT_PARAMETERS,
+        "Export",
+    )
     course = _operation(
         "List course change events for a course",
         "Events of one course, newest first (created_at, then arrival, descending), as a "
@@ -577,6 +669,8 @@ def _template() -> dict[str, Any]:
             "/api/v1/audit/course/accounts/{account_id}": {"get": account},
             "/api/v1/audit/course/courses/{course_id}/stream": {"get": course_stream},
             "/api/v1/audit/course/accounts/{account_id}/stream": {"get": account_stream},
+            "/api/v1/audit/course/courses/{course_id}/export": {"get": course_export},
+            "/api/v1/audit/course/accounts/{account_id}/export": {"get": account_export},
             "/openapi.json": {
                 "get": _plain(
                     "This document",

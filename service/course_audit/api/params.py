@@ -232,26 +232,61 @@ def _after_second(when: datetime) -> datetime | None:
     return floor + _SECOND if floor < _LAST_SECOND else None
 
 
-def parse_query(query: Mapping[str, str] | object, zone: tzinfo) -> Query:
-    """Parse start_time, end_time, per_page, page and the filters; raise ApiError (400)
-    naming a bad one.
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """start_time/end_time parsed: as written (repaired), as instants, and as the store's
+    window."""
+
+    start_raw: str | None  # as the client wrote it (offset repaired), kept in Link URLs
+    end_raw: str | None
+    start: datetime | None  # the instants asked for, in UTC
+    end: datetime | None
+    window: Window
+    empty: bool  # the window holds no instant (start after end): answer with no events
+
+
+def parse_window(
+    start_raw: str | None,
+    end_raw: str | None,
+    zone: tzinfo,
+    names: tuple[str, str] = ("start_time", "end_time"),
+) -> TimeRange:
+    """Parse a start and an end time (either may be absent); raise ApiError (400) naming the
+    bad one by `names`.
 
     created_at is compared at whole seconds, as the API shows it: an event shown at
     10:00:00Z is inside `end_time=10:00:00Z` even if it happened at 10:00:00.6.
     """
-    start_raw = _last(query, "start_time")
-    end_raw = _last(query, "end_time")
     # Link URLs carry the repaired text, percent-encoded, so the '+' survives the next hop.
     start_raw = None if start_raw is None else repair_offset(start_raw)
     end_raw = None if end_raw is None else repair_offset(end_raw)
-    start = None if start_raw is None else parse_time("start_time", start_raw, zone)
-    end = None if end_raw is None else parse_time("end_time", end_raw, zone)
-    per_page = parse_per_page(_last(query, "per_page"))
-    page, cursor = parse_page(_last(query, "page"))
-    filters = parse_filters(query)
+    start = None if start_raw is None else parse_time(names[0], start_raw, zone)
+    end = None if end_raw is None else parse_time(names[1], end_raw, zone)
     since = None if start is None else _ceil_second(start)
     until = None if end is None else _after_second(end)
     empty = (start is not None and end is not None and start > end) or (
         since is not None and until is not None and since >= until
     )
-    return Query(start_raw, end_raw, Window(since, until), empty, per_page, page, cursor, filters)
+    return TimeRange(start_raw, end_raw, start, end, Window(since, until), empty)
+
+
+def query_window(query: Mapping[str, str] | object, zone: tzinfo) -> TimeRange:
+    """The start_time and end_time parameters of a request (the last of repeated ones)."""
+    return parse_window(_last(query, "start_time"), _last(query, "end_time"), zone)
+
+
+def last_value(query: Mapping[str, str] | object, name: str) -> str | None:
+    """A parameter's value; like Rails, a repeated parameter takes its last value."""
+    return _last(query, name)
+
+
+def parse_query(query: Mapping[str, str] | object, zone: tzinfo) -> Query:
+    """Parse start_time, end_time, per_page, page and the filters; raise ApiError (400)
+    naming a bad one."""
+    times = query_window(query, zone)
+    per_page = parse_per_page(_last(query, "per_page"))
+    page, cursor = parse_page(_last(query, "page"))
+    filters = parse_filters(query)
+    return Query(
+        times.start_raw, times.end_raw, times.window, times.empty, per_page, page, cursor, filters
+    )

@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import IO
 
 import aiohttp
@@ -31,6 +32,7 @@ from course_audit.store.errors import describe, is_data_error
 from course_audit.store.expiry import expire_dead_letters, expire_snapshots
 from course_audit.store.migrate import migrate
 from course_audit.store.partitions import drop_expired, ensure_partitions
+from course_audit.store.queries import EventRow, Window
 from course_audit.store.tokens import create_token, list_tokens, revoke_token
 from course_audit.store.writer import write_batch
 from course_audit.wire.registry import RegistryClient
@@ -262,6 +264,172 @@ async def _replay_event(conn: Conn, letter_id: int, event: Event) -> Rejection |
     return None
 
 
+# ------------------------------------------------------------------ events
+
+#: The table's columns: heading and width (the last one, event_data, is not padded).
+_TABLE = (("created_at", 25), ("event_type", 11), ("event_source", 12), ("course_id", 10),
+          ("user_id", 10), ("id", 36), ("event_data", 0))  # fmt: skip
+_LIMIT_MAX = 1_000_000
+
+
+def _plain(value: object) -> str:
+    """A table cell on one line: absent is `-`, control characters escaped as in JSON."""
+    if value is None:
+        return "-"
+    text = str(value)
+    if any(ch < " " or ch == "\x7f" for ch in text):
+        text = orjson.dumps(text).decode()[1:-1]
+    return text
+
+
+def _table_line(cells: list[object]) -> str:
+    parts = [_plain(c).ljust(width) for c, (_, width) in zip(cells, _TABLE, strict=True)]
+    return "  ".join(parts).rstrip() + "\n"
+
+
+def _table_rows(rows: list[EventRow], zone: tzinfo, utc: bool) -> bytes:
+    from course_audit.api.render import render_time
+
+    return "".join(
+        _table_line(
+            [
+                render_time(r.created_at, zone, utc),
+                r.event_type,
+                r.event_source,
+                r.course_id,
+                r.user_id,
+                r.event_id,
+                orjson.dumps(orjson.loads(r.event_data)).decode(),
+            ]
+        )
+        for r in rows
+    ).encode()
+
+
+async def _events_target(
+    conn: Conn, column: str, raw: str, given: list[int] | None
+) -> tuple[int, list[int]] | None:
+    """The numeric id and the root accounts to read (those given, else every root account
+    the store holds it under); None when the store holds no such course or account there."""
+    from course_audit.api.handlers import SIS_COURSE_PREFIX
+    from course_audit.store.export import known_roots, sis_course_roots
+    from course_audit.store.queries import (
+        account_known,
+        course_known,
+        resolve_sis_course,
+    )
+
+    if column == "course_id" and raw.startswith(SIS_COURSE_PREFIX):
+        sis_id = raw[len(SIS_COURSE_PREFIX) :]
+        if not sis_id:
+            raise UsageError("a course is a number or sis_course_id:<value>")
+        roots = given if given else await sis_course_roots(conn, sis_id)
+        found = await resolve_sis_course(conn, sis_id, roots) if roots else None
+        if found is None:
+            return None
+        # The root accounts where this SIS id names this course (the same id may name
+        # another course, or none, in another root account).
+        return found, [r for r in roots if await resolve_sis_course(conn, sis_id, [r]) == found]
+    if raw.isascii() and raw.isdigit() and len(raw) <= 19 and 0 < int(raw) < 2**63:
+        key = int(raw)
+    else:
+        what = "a number or sis_course_id:<value>" if column == "course_id" else "a number"
+        raise UsageError(f"{raw!r} is not an id ({what})")
+    if given:
+        known = course_known if column == "course_id" else account_known
+        return (key, given) if await known(conn, key, given) else None
+    roots = await known_roots(conn, column, key)
+    return (key, roots) if roots else None
+
+
+Render = Callable[[list[EventRow]], bytes]
+
+
+async def _write_events(
+    conn: Conn,
+    column: str,
+    key: int,
+    roots: list[int],
+    window: Window,
+    limit: int | None,
+    render: Render,
+    out: IO[bytes],
+) -> int:
+    """Write the events, oldest first (with `limit`: the latest `limit`); how many."""
+    from course_audit.store.export import export_chunks, export_query
+
+    if limit is not None:
+        sql, query_args = export_query(column, key, roots, window, descending=True, limit=limit)
+        rows = [EventRow._make(r) for r in await conn.fetch(sql, *query_args)]
+        rows.reverse()
+        out.write(render(rows))
+        return len(rows)
+    count = 0
+    async with contextlib.aclosing(export_chunks(conn, column, key, roots, window)) as chunks:
+        async for rows in chunks:
+            out.write(render(rows))
+            count += len(rows)
+    return count
+
+
+@command
+async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    """`events course|account`: the store's events of one course or account, oldest first,
+    read as the HTTP export reads them (docs/api.md#export), from every root account unless
+    --root-account says which."""
+    from course_audit.api.errors import ApiError
+    from course_audit.api.export import ndjson_chunk
+    from course_audit.api.params import parse_window
+    from course_audit.api.render import UTC_NAMES
+
+    column = "course_id" if args.command_path == "events course" else "account_id"
+    kind = column.removesuffix("_id")
+    try:
+        times = parse_window(args.since, args.until, settings.zone, ("--since", "--until"))
+    except ApiError as exc:
+        raise UsageError(exc.body["errors"][0]["message"]) from None
+    if args.limit is not None and not 0 < args.limit <= _LIMIT_MAX:
+        raise UsageError(f"--limit must be 1 to {_LIMIT_MAX:,}")
+    if args.roots and any(r <= 0 for r in args.roots):
+        raise UsageError("--root-account must be a positive integer")
+    given = sorted(set(args.roots)) if args.roots else None
+    zone, utc = settings.zone, settings.time_zone in UTC_NAMES
+
+    def render(rows: list[EventRow]) -> bytes:
+        if args.format == "jsonl":
+            return ndjson_chunk(rows, zone, utc)
+        return _table_rows(rows, zone, utc)
+
+    out = sys.stdout.buffer
+    async with (
+        _connection(settings) as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        found = await _events_target(conn, column, args.target, given)
+        if found is None:
+            where = ", ".join(map(str, given)) if given else "any root account"
+            print(f"course-audit: no {kind} {args.target} in the store under {where}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        key, roots = found
+        try:
+            if args.format == "table":
+                out.write(_table_line([name for name, _ in _TABLE]).encode())
+            count = 0
+            if not times.empty:
+                count = await _write_events(
+                    conn, column, key, roots, times.window, args.limit, render, out
+                )
+            out.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): not an error; nothing more to write.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    print(f"{count} event(s) of {kind} {key} under root account(s) "
+          f"{', '.join(map(str, roots))}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 # ------------------------------------------------------------------ produce
 
 
@@ -308,6 +476,8 @@ HANDLERS: dict[str, Command] = {
     "token create": cmd_token_create,
     "token list": cmd_token_list,
     "token revoke": cmd_token_revoke,
+    "events course": cmd_events,
+    "events account": cmd_events,
     "dlq list": cmd_dlq_list,
     "dlq replay": cmd_dlq_replay,
 }

@@ -49,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = add("revoke", "revoke a token by id", parent=token_sub, path="token revoke")
     revoke.add_argument("token_id", type=int)
 
+    events = add("events", "print a course's or an account's events from the store")
+    events_sub = events.add_subparsers(dest="events_command", required=True, metavar="TARGET")
+    for name, help_text, metavar in (
+        ("course", "one course's events (an id or sis_course_id:<value>)", "ID|sis_course_id:X"),
+        ("account", "the events of the courses directly in an account", "ID"),
+    ):
+        p = add(name, help_text, parent=events_sub, path=f"events {name}")
+        p.add_argument("target", metavar=metavar)
+        p.add_argument("--since", help="at or after this ISO 8601 date or date-time")
+        p.add_argument("--until", help="at or before this ISO 8601 date or date-time")
+        p.add_argument("--root-account", type=int, action="append", dest="roots",
+                       help="only events stored under this root account (repeatable; "
+                       "default: every root account)")  # fmt: skip
+        p.add_argument("--format", choices=("table", "jsonl"), default="table",
+                       help="an aligned table (default) or one JSON event a line")  # fmt: skip
+        p.add_argument("--limit", type=int,
+                       help="only the latest N events (printed oldest first)")  # fmt: skip
+
     dlq = add("dlq", "inspect and replay dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     for name, help_text in (("list", "list dead letters"), ("replay", "re-decode and store")):
