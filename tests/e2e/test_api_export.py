@@ -353,6 +353,46 @@ async def test_a_time_range_is_the_endpoints_window(world: World) -> None:
     assert names_of(world, inside.body) == ["e1", "e2", "e3", "e4", "e5"]
 
 
+async def test_the_endpoints_filters_narrow_an_export(world: World) -> None:
+    token = world.tokens["root1"]
+    cases: list[tuple[list[tuple[str, str]], list[str]]] = [
+        ([("event_type", "updated")], ["e2", "e5"]),
+        ([("event_type", "deleted"), ("event_type", "updated")], ["e2", "e5", "e6"]),
+        ([("user_id", "7")], ["e1", "e4"]),
+        ([("event_source", "sis")], ["e3"]),
+        ([("user_id", "7"), ("event_type", "created")], ["e1"]),
+        ([("user_id", "8"), ("event_type", "created")], []),
+    ]
+    for params, expected in cases:
+        reply = await world.api.get(export_path(7001), token=token, params=params)
+        assert reply.status == 200, (params, reply.body)
+        assert reply.body == lines_of(world, *expected), params
+    # CSV and the account export take them too.
+    reply = await world.api.get(
+        export_path(7001), token=token, params=[("event_type", "updated"), ("format", "csv")]
+    )
+    assert csv_ids(reply.body) == [world.ids["e2"], world.ids["e5"]]
+    reply = await world.api.get(
+        export_path(700, account=True), token=token, params=[("event_type", "updated")]
+    )
+    assert names_of(world, reply.body) == ["e2", "e8", "e5"]
+    # Resuming a filtered export continues with the matching events after the resume point.
+    reply = await world.api.get(
+        export_path(7001),
+        token=token,
+        params=[("event_type", "updated"), ("after_id", world.ids["e2"])],
+    )
+    assert reply.body == lines_of(world, "e5")
+    # A bad filter value is the endpoints' 400.
+    for params, starts in (
+        ([("event_type", "renamed")], "event_type: 'renamed' is not an event type"),
+        ([("user_id", "seven")], "user_id: 'seven' is not a user id"),
+    ):
+        reply = await world.api.get(export_path(7001), token=token, params=params)
+        assert reply.status == 400, reply.body
+        assert reply.json()["errors"][0]["message"].startswith(starts)
+
+
 async def test_resuming_after_an_event_gives_exactly_the_rest(world: World) -> None:
     token = world.tokens["root1"]
     reply = await world.api.get(

@@ -54,7 +54,7 @@ def test_document_lists_both_endpoints_and_the_operational_routes() -> None:
         export = paths[f"/api/v1/audit/course/{target}/{{{path_parameter}}}/export"]["get"]
         names = {p.get("name") or p["$ref"].rsplit("/", 1)[1] for p in export["parameters"]}
         assert names == {path_parameter, "start_time", "end_time", "format", "after_id",
-                         "access_token"}  # fmt: skip
+                         "event_type", "user_id", "event_source", "access_token"}  # fmt: skip
         assert set(export["responses"]) == {"200", "400", "401", "404", "405", "500", "503"}
         assert export["responses"]["200"] == {"$ref": "#/components/responses/Export"}
     export_ok = openapi_document()["components"]["responses"]["Export"]

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
 import asyncpg
@@ -45,13 +45,13 @@ from course_audit.api.handlers import (
     Target,
     _connection_lost,
 )
-from course_audit.api.params import TimeRange, last_value, query_window
+from course_audit.api.params import TimeRange, last_value, parse_filters, query_window
 from course_audit.api.render import _UTC_OPTIONS, render_events, render_time
 from course_audit.runtime.web import HEALTH, RUNTIME, SETTINGS
 from course_audit.store.db import Conn
 from course_audit.store.errors import describe, is_transient
-from course_audit.store.export import event_position, export_chunks
-from course_audit.store.queries import Cursor, EventRow
+from course_audit.store.export import event_position, export_chunks, filter_extra
+from course_audit.store.queries import Cursor, EventRow, Filters
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class ExportQuery:
     times: TimeRange
     format: str
     after_id: str | None  # canonical (lower case) event id
+    filters: Filters = field(default_factory=Filters)
 
 
 def _shown(value: str) -> str:
@@ -135,12 +136,14 @@ def _refuse(message: str) -> str:
 
 
 def parse_export(query: object, zone: tzinfo) -> ExportQuery:
-    """start_time, end_time, format and after_id; raise ApiError (400) naming a bad one."""
+    """start_time, end_time, format, after_id and the endpoints' filters; raise ApiError
+    (400) naming a bad one."""
     times = query_window(query, zone)
     return ExportQuery(
         times,
         parse_format(last_value(query, "format")),
         parse_after_id(last_value(query, "after_id")),
+        parse_filters(query),
     )
 
 
@@ -320,6 +323,7 @@ async def _stream(
         plan.roots,
         query.times.window,
         plan.after,
+        filter_extra(query.filters),
         timeout=QUERY_TIMEOUT_S,
     )
     async with contextlib.aclosing(chunks):

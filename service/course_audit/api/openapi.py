@@ -515,8 +515,9 @@ _QUERY_PARAMETERS: dict[str, Any] = {
 }
 
 
-_PAGE_PARAMETERS = ("start_time", "end_time", "per_page", "page", "access_token")
-_EXPORT_PARAMETERS = ("start_time", "end_time", "format", "after_id", "access_token")
+_FILTERS = ("event_type", "user_id", "event_source")
+_PAGE_PARAMETERS = ("start_time", "end_time", *_FILTERS, "per_page", "page", "access_token")
+_EXPORT_PARAMETERS = ("start_time", "end_time", *_FILTERS, "format", "after_id", "access_token")
 
 
 def _operation(

@@ -16,12 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from course_audit.store.db import Conn
-from course_audit.store.queries import _EVENT_COLUMNS, MAX_ID, Cursor, EventRow, Window
+from course_audit.store.queries import (
+    _EVENT_COLUMNS,
+    MAX_ID,
+    Cursor,
+    EventRow,
+    Filters,
+    Window,
+    filter_clauses,
+)
 
 #: Marks the export's statement, so that operators (and tests) can find it in
 #: pg_stat_activity.
@@ -40,6 +49,19 @@ class Clause:
 
     sql: str
     args: tuple[Any, ...] = ()
+
+
+_PLACEHOLDER = re.compile(r"\$[0-9]+")
+
+
+def filter_extra(filters: Filters) -> list[Clause]:
+    """The export's clauses for the endpoints' filters: the clauses `filter_clauses` writes
+    (one argument each), with their placeholders left for `export_query` to number."""
+    written = filter_clauses(filters, 1)
+    return [
+        Clause(_PLACEHOLDER.sub("{}", sql), (arg,))
+        for sql, arg in zip(written.clauses, written.args, strict=True)
+    ]
 
 
 def _check(column: str, roots: Collection[int]) -> list[int]:
