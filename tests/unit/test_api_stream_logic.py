@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from course_audit.api.stream import QUEUE_MAX, Group, Pending, Subscriber
-from course_audit.store.queries import Cursor
+from course_audit.store.queries import Cursor, Filters
 from course_audit.store.tail import Announcement, TailSpec, parse_announcement, tail_sql
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -41,6 +41,23 @@ def test_tail_sql_numbers_its_parameters_in_order() -> None:
     plain, n = tail_sql("account_id", TailSpec())
     assert n == 4
     assert "account_id = $1 AND root_account_id = ANY($2::bigint[]) AND created_at >= $3" in plain
+
+
+def test_tail_sql_numbers_the_filters_after_the_keys_and_before_the_limit() -> None:
+    filters = Filters.of(["updated", "created"], 7, "sis")
+    sql, n = tail_sql("course_id", TailSpec(after=True, page=True), filters=filters)
+    assert n == 11
+    assert (
+        "(created_at, seq) > ($4, $5) AND (created_at, seq) > ($6, $7)"
+        " AND event_type = ANY($8::text[]) AND user_id = $9 AND event_source = $10"
+        " ORDER BY created_at, seq LIMIT $11"
+    ) in sql
+    one, n = tail_sql("account_id", TailSpec(seq_range=True), filters=Filters(("updated",)))
+    assert n == 7
+    assert one.endswith(
+        "seq BETWEEN $4 AND $5 AND event_type = $6 ORDER BY created_at, seq LIMIT $7"
+    )
+    assert tail_sql("course_id", TailSpec(), filters=Filters()) == tail_sql("course_id", TailSpec())
 
 
 def test_tail_sql_takes_extra_clauses_and_refuses_other_columns() -> None:
