@@ -137,7 +137,7 @@ class Tail:
         *,
         token: str | None = None,
         headers: dict[str, str] | None = None,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | list[tuple[str, str]] | None = None,
     ) -> AsyncIterator[Sse]:
         all_headers = {"Authorization": f"Bearer {token or self.token}", **(headers or {})}
         response = await within(
@@ -458,3 +458,125 @@ async def test_sigterm_ends_streams_and_the_process(
                 await sse.ended(30)
             # Exits by itself, well before the 60 s aiohttp would give an open request.
             assert await asyncio.to_thread(s.service.wait, 30) == 0
+
+
+def by(user: int | None) -> dict[str, Any] | None:
+    return None if user is None else {"id": user, "name": f"User {user}"}
+
+
+def at_ms(i: int) -> datetime:
+    return datetime.now(UTC) + timedelta(milliseconds=3 * i)
+
+
+async def test_filtered_streams_each_get_their_own_events(tail: Tail) -> None:
+    c = course(5005, 1, 503)
+    seed = [make_event("created", datetime.now(UTC) - timedelta(minutes=5), c)]
+    await tail.send(seed)
+    await wait_stored(tail.stack.db_url, [seed[0]["event_id"]])
+    types = [("event_type", "published"), ("event_type", "concluded")]
+    by_user = {"user_id": "42", "event_source": "sis"}
+    all_three = [("event_type", "concluded"), ("user_id", "42"), ("event_source", "sis")]
+    async with (
+        tail.open(stream_path(5005), params=types) as kinds,
+        # The same filters written in another order: the same events.
+        tail.open(stream_path(5005), params=types[::-1]) as kinds_again,
+        tail.open(stream_path(5005), params=by_user) as user_sis,
+        tail.open(stream_path(5005), params=all_three) as narrow,
+        tail.open(stream_path(5005)) as everything,
+        tail.open(f"{ACCOUNT}503/stream", params=all_three) as account,
+    ):
+        produced = [
+            make_event("updated", at_ms(0), c),
+            make_event("published", at_ms(1), c, user=by(42), source="sis"),
+            make_event("concluded", at_ms(2), c, user=by(43), source="manual"),
+            make_event("updated", at_ms(3), c, user=by(42), source="sis"),
+            make_event("published", at_ms(4), c, user=by(43), source="api"),
+            make_event("created", at_ms(5), c, user=by(42), source="manual"),
+            make_event("concluded", at_ms(6), c, user=by(42), source="sis"),
+            # The last one matches every filter: a non-matching event sent by mistake would
+            # come before it, so reading exactly the expected number of messages checks it.
+            make_event("concluded", at_ms(7), c, user=by(42), source="sis"),
+        ]
+        await tail.send(produced)
+        ids = [e["event_id"] for e in produced]
+        expected = {
+            "published or concluded": [ids[1], ids[2], ids[4], ids[6], ids[7]],
+            "user 42 from sis": [ids[1], ids[3], ids[6], ids[7]],
+            "concluded by user 42 from sis": [ids[6], ids[7]],
+        }
+        got_kinds = [m.id for m in await kinds.events(5)]
+        assert got_kinds == expected["published or concluded"]
+        assert [m.id for m in await kinds_again.events(5)] == got_kinds
+        assert [m.id for m in await user_sis.events(4)] == expected["user 42 from sis"]
+        assert [m.id for m in await narrow.events(2)] == expected["concluded by user 42 from sis"]
+        assert [m.id for m in await account.events(2)] == expected["concluded by user 42 from sis"]
+        got = await everything.events(8)
+        assert [m.id for m in got] == ids
+        # Same JSON as unfiltered.
+        assert [orjson.loads(m.data) for m in got[6:]] == [
+            orjson.loads(m.data) for m in narrow.messages
+        ]
+
+
+async def test_resume_with_filters_sends_only_the_matching_missed_events(tail: Tail) -> None:
+    c = course(5006, 1, 504)
+    seed = [make_event("created", datetime.now(UTC) - timedelta(minutes=5), c)]
+    await tail.send(seed)
+    await wait_stored(tail.stack.db_url, [seed[0]["event_id"]])
+    params = {"user_id": "42", "event_source": "sis"}
+    first = [
+        make_event("updated", at_ms(0), c, user=by(42), source="sis"),
+        make_event("published", at_ms(1), c, user=by(43), source="api"),
+    ]
+    async with tail.open(stream_path(5006), params=params) as sse:
+        await tail.send(first)
+        assert [m.id for m in await sse.events(1)] == [first[0]["event_id"]]
+    missed = [
+        make_event("updated", at_ms(2), c, user=by(43), source="sis"),
+        make_event("published", at_ms(3), c, user=by(42), source="sis"),
+        make_event("created", at_ms(4), c, user=by(42), source="manual"),
+        make_event("concluded", at_ms(5), c, user=by(42), source="sis"),
+    ]
+    await tail.send(missed)
+    await wait_stored(tail.stack.db_url, [e["event_id"] for e in missed])
+    # Resumed after an event the filters do not keep (any event of the course will do).
+    headers = {"Last-Event-ID": first[1]["event_id"]}
+    async with tail.open(stream_path(5006), params=params, headers=headers) as again:
+        assert [m.id for m in await again.events(2)] == [
+            missed[1]["event_id"],
+            missed[3]["event_id"],
+        ]
+        later = [
+            make_event("updated", at_ms(6), c, user=by(42), source="api"),
+            make_event("updated", at_ms(7), c, user=by(42), source="sis"),
+        ]
+        await tail.send(later)
+        assert (await again.next()).id == later[1]["event_id"]
+    # From the first event, by parameter, with one event type: the published ones after it.
+    resume = {"last_event_id": first[0]["event_id"], "event_type": "published"}
+    async with tail.open(stream_path(5006), params=resume) as typed:
+        assert [m.id for m in await typed.events(2)] == [
+            first[1]["event_id"],
+            missed[1]["event_id"],
+        ]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"event_type": "nope"}, "event_type: 'nope' is not an event type"),
+        ({"user_id": "abc"}, "user_id: 'abc' is not a user id"),
+        ({"user_id": "0"}, "user_id: '0' is out of range"),
+        ({"event_source": ""}, "event_source: empty"),
+    ],
+)
+async def test_a_bad_filter_is_a_400_naming_it(
+    tail: Tail, params: dict[str, str], message: str
+) -> None:
+    for path in (stream_path(5001), f"{ACCOUNT}500/stream"):
+        status, body = await tail.status(path, token=tail.token, params=params)
+        assert status == 400, (path, body)
+        assert body["errors"][0]["message"].startswith(message), body
+    # The token first, as on the endpoints.
+    status, _ = await tail.status(stream_path(5001), token="x" * 43, params=params)
+    assert status == 401

@@ -16,6 +16,7 @@ import pytest
 from course_audit.retention import month_of
 from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.queries import MAX_PAGE_ROWS, Cursor, Filters, Window, page_args, page_sql
+from course_audit.store.tail import TailSpec, tail_page, tail_sql
 
 # Indexes of the `events` table (partitioned: each partition's index is attached to these).
 ORDER = {"course_id": "events_course_root_order_idx", "account_id": "events_account_root_order_idx"}
@@ -238,3 +239,96 @@ async def test_every_filter_combination_reads_its_index_and_pages_exactly(
                 assert "user_id =" in conds, (filters, conds)
             elif filters.event_types:
                 assert "event_type =" in conds, (filters, conds)
+
+
+@pytest.mark.parametrize("roots", [[1], [1, 2]], ids=["one-root", "two-roots"])
+@pytest.mark.parametrize(("column", "key"), [("course_id", 1007), ("account_id", 107)])
+async def test_the_live_tails_filtered_queries_read_indexes_and_select_exactly(
+    store: asyncpg.Connection[Any], column: str, key: int, roots: list[int]
+) -> None:
+    """The live tail's group query (docs/design.md#live-tail) with each combination of
+    filters, in each of its shapes: a notified batch (a seq range), a catch-up (after a key,
+    or stored late), a resume's backfill (after a key, page by page)."""
+    conn = store
+    parents: dict[str, str] = {}
+    since = await conn.fetchval("SELECT '2026-10-01T00:00:00Z'::timestamptz")
+    keys = {ORDER[column], TYPE[column], USER[column]}
+    for filters in _combinations(USER_ID):
+        newest_first = await _expected(conn, column, key, roots, filters)
+        recent = [e for e in reversed(newest_first) if e[1] >= since]
+        assert len(recent) >= 4, filters
+        middle = recent[len(recent) // 2]
+        after = Cursor(middle[1], middle[2])
+        seqs = sorted(e[2] for e in recent)
+        lo, hi = seqs[1], seqs[-2]
+        top_seq = max(e[2] for e in newest_first)
+
+        def ids(rows: list[Any]) -> list[str]:
+            return [str(r.event_id) for r in rows]
+
+        # What each shape selects: the filtered events, oldest first (written out here).
+        assert ids(await tail_page(conn, column, key, roots, since, filters=filters)) == [
+            e[0] for e in recent
+        ], filters
+        assert ids(
+            await tail_page(conn, column, key, roots, since, seq_range=(lo, hi), filters=filters)
+        ) == [e[0] for e in recent if lo <= e[2] <= hi], filters
+        assert ids(
+            await tail_page(conn, column, key, roots, since, after=after, filters=filters)
+        ) == [e[0] for e in recent if (e[1], e[2]) > (after.created_at, after.seq)], filters
+        paged: list[str] = []
+        page: Cursor | None = None
+        while True:
+            rows = await tail_page(
+                conn, column, key, roots, since, after=after, page=page, limit=3, filters=filters
+            )
+            paged.extend(ids(rows))
+            if len(rows) < 3:
+                break
+            page = rows[-1].cursor
+        assert paged == [e[0] for e in recent if (e[1], e[2]) > (after.created_at, after.seq)]
+
+        shapes = [
+            (TailSpec(seq_range=True), [lo, hi]),
+            (TailSpec(after=True, late=True), [after.created_at, after.seq, top_seq]),
+            (TailSpec(after=True, page=True), [after.created_at, after.seq, *after_page(after)]),
+        ]
+        for spec, middle_args in shapes:
+            sql, n = tail_sql(column, spec, filters=filters)
+            args = [key, roots, since, *middle_args, *filter_args(filters), 1000]
+            assert len(args) == n
+            plans = [await _explain(conn, sql, args)]
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            try:
+                plans.append(await _explain(conn, sql, args))
+            finally:
+                await conn.execute("RESET plan_cache_mode")
+            for plan in plans:
+                nodes = _nodes(plan)
+                kinds = [node["Node Type"] for node in nodes]
+                assert "Seq Scan" not in kinds, (filters, spec, kinds)
+                scans = [
+                    node
+                    for node in nodes
+                    if node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
+                ]
+                assert scans, (filters, spec, kinds)
+                used = {await _parent_index(conn, node["Index Name"], parents) for node in scans}
+                assert used <= keys, (filters, spec, used)
+
+
+def after_page(after: Cursor) -> list[Any]:
+    return [after.created_at, after.seq]
+
+
+def filter_args(filters: Filters) -> list[Any]:
+    """The filters' values in the order tail_sql numbers them (written out here)."""
+    out: list[Any] = []
+    if filters.event_types:
+        types = filters.event_types
+        out.append(types[0] if len(types) == 1 else list(types))
+    if filters.user_id is not None:
+        out.append(filters.user_id)
+    if filters.event_source is not None:
+        out.append(filters.event_source)
+    return out

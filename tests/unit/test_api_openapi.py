@@ -67,6 +67,8 @@ def test_both_endpoints_document_the_filters() -> None:
     for path in (
         "/api/v1/audit/course/courses/{course_id}",
         "/api/v1/audit/course/accounts/{account_id}",
+        "/api/v1/audit/course/courses/{course_id}/stream",
+        "/api/v1/audit/course/accounts/{account_id}/stream",
     ):
         refs = {p.get("$ref") for p in document["paths"][path]["get"]["parameters"]}
         for name in ("event_type", "user_id", "event_source"):

@@ -8,9 +8,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from multidict import MultiDict
 
-from course_audit.api.stream import QUEUE_MAX, Group, Pending, Subscriber
-from course_audit.store.queries import Cursor
+from course_audit.api.params import parse_filters
+from course_audit.api.stream import QUEUE_MAX, Group, Pending, StreamHub, Subscriber
+from course_audit.config import Settings
+from course_audit.runtime.metrics import Metrics
+from course_audit.store.queries import Cursor, Filters
 from course_audit.store.tail import Announcement, TailSpec, parse_announcement, tail_sql
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -41,6 +45,23 @@ def test_tail_sql_numbers_its_parameters_in_order() -> None:
     plain, n = tail_sql("account_id", TailSpec())
     assert n == 4
     assert "account_id = $1 AND root_account_id = ANY($2::bigint[]) AND created_at >= $3" in plain
+
+
+def test_tail_sql_numbers_the_filters_after_the_keys_and_before_the_limit() -> None:
+    filters = Filters.of(["updated", "created"], 7, "sis")
+    sql, n = tail_sql("course_id", TailSpec(after=True, page=True), filters=filters)
+    assert n == 11
+    assert (
+        "(created_at, seq) > ($4, $5) AND (created_at, seq) > ($6, $7)"
+        " AND event_type = ANY($8::text[]) AND user_id = $9 AND event_source = $10"
+        " ORDER BY created_at, seq LIMIT $11"
+    ) in sql
+    one, n = tail_sql("account_id", TailSpec(seq_range=True), filters=Filters(("updated",)))
+    assert n == 7
+    assert one.endswith(
+        "seq BETWEEN $4 AND $5 AND event_type = $6 ORDER BY created_at, seq LIMIT $7"
+    )
+    assert tail_sql("course_id", TailSpec(), filters=Filters()) == tail_sql("course_id", TailSpec())
 
 
 def test_tail_sql_takes_extra_clauses_and_refuses_other_columns() -> None:
@@ -95,3 +116,24 @@ def test_pending_merges_notifications() -> None:
     assert not pending.names(account_8)
     pending.add(Announcement(T0, 20, 21, None, None), 3.0)
     assert pending.names(account_8)
+
+
+def test_streams_with_the_same_filters_share_a_group_and_others_do_not() -> None:
+    hub = StreamHub(Settings(), Metrics(), UTC, True)
+    request: Any = object()
+    one = parse_filters(MultiDict([("event_type", "published"), ("event_type", "concluded")]))
+    same = parse_filters(MultiDict([("event_type", "concluded"), ("event_type", "published")]))
+    user = parse_filters(MultiDict([("user_id", "0042"), ("event_source", "sis")]))
+    a = hub.join("course_id", 5, [2, 1], None, b"d", request, one)
+    b = hub.join("course_id", 5, [1, 2], None, b"d", request, same)
+    c = hub.join("course_id", 5, [1, 2], None, b"d", request, user)
+    d = hub.join("course_id", 5, [1, 2], None, b"d", request)
+    assert a.group is b.group
+    assert len({id(a.group), id(c.group), id(d.group)}) == 3
+    assert c.group.filters == Filters(user_id=42, event_source="sis")
+    assert d.group.filters == Filters()
+    assert hub.group_of("course_id", 5, [1, 2], Filters(("concluded", "published"))) is a.group
+    assert hub.group_of("course_id", 5, [1, 2]) is d.group
+    for sub in (a, b, c, d):
+        hub.leave(sub)
+    assert hub.groups == {} and hub.count == 0

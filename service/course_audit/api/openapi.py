@@ -362,8 +362,10 @@ _STREAM_PARAMETERS: list[dict[str, Any]] = [
         "name": "last_event_id",
         "in": "query",
         "description": "Resume: first send this stream's stored events after this event "
-        "(created_at, then arrival order), then the live ones. The Last-Event-ID header, "
-        "when sent, takes precedence. Not an event of this course or account: 400.",
+        "(created_at, then arrival order) that the filters keep, then the live ones. It may "
+        "be any event of this course or account, kept by the filters or not. The "
+        "Last-Event-ID header, when sent, takes precedence. Not an event of this course or "
+        "account: 400.",
         "schema": {"type": "string", "format": "uuid"},
     },
     {
@@ -373,6 +375,11 @@ _STREAM_PARAMETERS: list[dict[str, Any]] = [
         "received (as last_event_id).",
         "schema": {"type": "string", "format": "uuid"},
     },
+    # The endpoints' filters, parsed alike: only the events they keep are sent (live or
+    # resumed).
+    {"$ref": "#/components/parameters/event_type"},
+    {"$ref": "#/components/parameters/user_id"},
+    {"$ref": "#/components/parameters/event_source"},
     {"$ref": "#/components/parameters/access_token"},
 ]
 
@@ -636,14 +643,16 @@ def _template() -> dict[str, Any]:
     course_stream = _stream_operation(
         "Live tail of a course's events",
         "Server-Sent Events: each event of the course as it is stored (oldest first within "
-        "a stored batch). Resume with Last-Event-ID or last_event_id.",
+        "a stored batch), or only those event_type, user_id and event_source keep. Resume with "
+        "Last-Event-ID or last_event_id.",
         course_id,
         "streamCourseEventsForCourse",
     )
     account_stream = _stream_operation(
         "Live tail of an account's events",
         "Server-Sent Events: each event of the courses whose direct account is this one, as "
-        "it is stored. Resume with Last-Event-ID or last_event_id.",
+        "it is stored, or only those event_type, user_id and event_source keep. Resume with "
+        "Last-Event-ID or last_event_id.",
         account_id,
         "streamCourseEventsForAccount",
     )

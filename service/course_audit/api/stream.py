@@ -5,7 +5,7 @@ One `StreamHub` per API process (docs/design.md#live-tail):
 - ONE dedicated connection (not from the pool) LISTENs on the channel the consumer's batch
   statement notifies after each commit (store/writer.py). A notification names where to look
   (oldest created_at, seq range, courses and accounts), never the rows.
-- Subscribers share a *group* per (course or account, token's root accounts). On a
+- Subscribers share a *group* per (course or account, token's root accounts, filters). On a
   notification, each group that has subscribers and that the notification names runs one
   query for the batch's events, renders each event once, and appends the same bytes to every
   subscriber's bounded queue.
@@ -37,6 +37,7 @@ from aiohttp import web
 from course_audit.api.auth import TOKEN_TTL_S, authenticate, require_token
 from course_audit.api.errors import ApiError, bad_parameter, message_body, not_found
 from course_audit.api.handlers import API_STATE, Target, with_database
+from course_audit.api.params import parse_filters
 from course_audit.api.render import render_events
 from course_audit.config import Settings
 from course_audit.retry import Backoff, wait_or_stop
@@ -45,7 +46,7 @@ from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import METRICS, RUNTIME, SETTINGS
 from course_audit.store.db import Conn
 from course_audit.store.errors import is_transient
-from course_audit.store.queries import Cursor, EventRow
+from course_audit.store.queries import NO_FILTERS, Cursor, EventRow, Filters
 from course_audit.store.tail import (
     EVENTS_CHANNEL,
     Announcement,
@@ -93,7 +94,7 @@ _NAMES = {"course_id": "course", "account_id": "account"}
 
 #: One queued message: the event's key and its whole SSE message.
 Item = tuple[datetime, int, bytes]
-GroupKey = tuple[str, int, tuple[int, ...]]
+GroupKey = tuple[str, int, tuple[int, ...], Filters]
 
 
 def _after(a: Cursor, b: Cursor | None) -> bool:
@@ -181,7 +182,8 @@ class Subscriber:
 
 @dataclass(eq=False)
 class Group:
-    """Subscribers of one course or account under one set of root accounts."""
+    """Subscribers of one course or account under one set of root accounts, with the same
+    filters (docs/api.md#filters): the group's queries read only the events these keep."""
 
     column: str
     key: int
@@ -191,6 +193,7 @@ class Group:
     last: Cursor | None
     top_seq: int
     subscribers: set[Subscriber] = field(default_factory=set)
+    filters: Filters = NO_FILTERS
 
 
 @dataclass
@@ -300,8 +303,10 @@ class StreamHub:
 
     # ------------------------------------------------------------------ subscribers
 
-    def group_of(self, column: str, key: int, roots: Collection[int]) -> Group | None:
-        return self.groups.get((column, key, tuple(sorted(set(roots)))))
+    def group_of(
+        self, column: str, key: int, roots: Collection[int], filters: Filters = NO_FILTERS
+    ) -> Group | None:
+        return self.groups.get((column, key, tuple(sorted(set(roots))), filters))
 
     def join(
         self,
@@ -311,12 +316,14 @@ class StreamHub:
         start: tuple[Cursor, int] | None,
         digest: bytes,
         request: web.Request,
+        filters: Filters = NO_FILTERS,
     ) -> Subscriber:
-        gkey = (column, key, tuple(sorted(set(roots))))
+        gkey = (column, key, tuple(sorted(set(roots))), filters)
         group = self.groups.get(gkey)
         if group is None:
             last, top = start if start is not None else (None, 0)
-            group = self.groups[gkey] = Group(column, key, gkey[2], last, top)
+            group = Group(column, key, gkey[2], last, top, filters=filters)
+            self.groups[gkey] = group
         sub = Subscriber(group, digest, request)
         group.subscribers.add(sub)
         self.count += 1
@@ -333,7 +340,7 @@ class StreamHub:
                 self._empty.set()
             self.metrics.stream_subscribers.set(self.count)
         if not group.subscribers:
-            gkey = (group.column, group.key, group.roots)
+            gkey = (group.column, group.key, group.roots, group.filters)
             if self.groups.get(gkey) is group:
                 del self.groups[gkey]
 
@@ -484,7 +491,7 @@ class StreamHub:
     async def _group_rows(
         self, conn: Conn, group: Group, pending: Pending | None
     ) -> list[EventRow]:
-        column, key, roots = group.column, group.key, group.roots
+        column, key, roots, filters = group.column, group.key, group.roots, group.filters
         out: list[EventRow] = []
         page: Cursor | None = None
         while True:
@@ -495,14 +502,14 @@ class StreamHub:
                     since = max(since, group.last.created_at - LATE_WINDOW)
                 rows = await tail_page(
                     conn, column, key, roots, since,
-                    seq_range=(pending.lo, pending.hi), page=page,
+                    seq_range=(pending.lo, pending.hi), page=page, filters=filters,
                 )  # fmt: skip
             elif group.last is None:
-                rows = await tail_page(conn, column, key, roots, _EPOCH, page=page)
+                rows = await tail_page(conn, column, key, roots, _EPOCH, page=page, filters=filters)
             else:
                 rows = await tail_page(
                     conn, column, key, roots, group.last.created_at - LATE_SLACK,
-                    after=group.last, late_seq=group.top_seq, page=page,
+                    after=group.last, late_seq=group.top_seq, page=page, filters=filters,
                 )  # fmt: skip
             out.extend(rows)
             if len(rows) < 1000:
@@ -575,6 +582,7 @@ class Opened:
     roots: tuple[int, ...]
     resume: Cursor | None
     start: tuple[Cursor, int] | None
+    filters: Filters = NO_FILTERS
 
 
 def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -590,7 +598,9 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
 
         async def work(conn: Conn) -> Opened:
             info = await authenticate(conn, token, state.tokens)
-            resume_id = parse_resume(request)  # after the token, as the endpoints' parameters
+            # After the token, as the endpoints' parameters; the filters parsed as theirs.
+            filters = parse_filters(request.query)
+            resume_id = parse_resume(request)
             roots = info.root_account_ids
             key = await target.resolve(conn, raw, roots)
             if key is None or not await target.known(conn, key, roots):
@@ -603,9 +613,11 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
                         f"last_event_id: {resume_id} is not an event of this {name}"
                     )
             start = None
-            if hub.group_of(column, key, roots) is None:
+            if hub.group_of(column, key, roots, filters) is None:
+                # Unfiltered: every event after the newest one is new, whatever it is (the
+                # newest event a filter keeps may be far back).
                 start = await latest_position(conn, column, key, roots, LATE_SLACK)
-            return Opened(key, roots, resume, start)
+            return Opened(key, roots, resume, start, filters)
 
         opened = await with_database(request, work)
         if request.method == "HEAD":
@@ -618,7 +630,10 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
         if hub.full():
             hub.metrics.stream_ended.labels("refused_full").inc()
             raise too_many_streams()
-        sub = hub.join(column, opened.key, opened.roots, opened.start, hash_token(token), request)
+        sub = hub.join(
+            column, opened.key, opened.roots, opened.start, hash_token(token), request,
+            opened.filters,
+        )  # fmt: skip
         protocol = request.protocol
         if isinstance(protocol, HttpConnection):
             protocol.on_lost.append(sub.end)
@@ -685,7 +700,7 @@ async def _backfill(
         async with pool.acquire(timeout=10) as conn:
             rows = await tail_page(
                 conn, column, opened.key, opened.roots, since,
-                after=after, page=page, limit=BACKFILL_PAGE,
+                after=after, page=page, limit=BACKFILL_PAGE, filters=opened.filters,
             )  # fmt: skip
         items = [i for i in sse_messages(rows, hub.zone, hub.utc) if sub.fresh(i[0], i[1])]
         if items and not await _write(request, response, b"".join(i[2] for i in items)):

@@ -1,11 +1,11 @@
 """Read queries behind the live tail (docs/design.md#live-tail): a group's new events, oldest
 first, and the notification payload the batch statement sends (store/writer.py).
 
-One query serves every subscriber of a (course or account, token root accounts) group. Each
-is a range of the (column, root_account_id, created_at DESC, seq DESC) index read backwards,
-from a lower created_at bound; `TailSpec` says which further conditions apply, and more
-WHERE clauses (the endpoints' filters) can be appended to `clauses` without changing the
-rest.
+One query serves every subscriber of a (course or account, token root accounts, filters)
+group. Each is a range of the (column, root_account_id, created_at DESC, seq DESC) index (or,
+with filters, of the filter indexes: docs/store.md#filter-indexes) read backwards, from a
+lower created_at bound; `TailSpec` says which further conditions apply, and the endpoints'
+filters are ANDed as `filter_clauses` writes them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from typing import Any
 import orjson
 
 from course_audit.store.db import Conn
-from course_audit.store.queries import _EVENT_COLUMNS, MAX_ID, Cursor, EventRow
+from course_audit.store.queries import (
+    _EVENT_COLUMNS,
+    MAX_ID,
+    NO_FILTERS,
+    Cursor,
+    EventRow,
+    Filters,
+    filter_clauses,
+)
 from course_audit.store.writer import EVENTS_CHANNEL
 
 __all__ = [
@@ -83,11 +91,15 @@ class TailSpec:
     page: bool = False
 
 
-def tail_sql(column: str, spec: TailSpec, extra: Collection[str] = ()) -> tuple[str, int]:
+def tail_sql(
+    column: str, spec: TailSpec, extra: Collection[str] = (), filters: Filters = NO_FILTERS
+) -> tuple[str, int]:
     """The tail query on `column` and its number of parameters: $1 the id, $2 the root
-    accounts, $3 since, then the seq range, the `after` key, the `page` key, the limit.
+    accounts, $3 since, then the seq range, the `after` key, the `page` key, the filters'
+    values (`filter_clauses`, as the endpoints and the export), the limit.
 
-    `extra` are more WHERE clauses (on the columns of events), ANDed to the rest.
+    `extra` are more WHERE clauses (on the columns of events, without parameters), ANDed to
+    the rest.
     """
     if column not in _COLUMNS:
         raise ValueError(f"no tail query on {column}")
@@ -103,6 +115,9 @@ def tail_sql(column: str, spec: TailSpec, extra: Collection[str] = ()) -> tuple[
     if spec.page:
         clauses.append(f"(created_at, seq) > (${n + 1}, ${n + 2})")
         n += 2
+    filtered = filter_clauses(filters, n + 1)
+    clauses.extend(filtered.clauses)
+    n += len(filtered.args)
     clauses.extend(extra)
     n += 1
     sql = (
@@ -124,9 +139,10 @@ async def tail_page(
     late_seq: int | None = None,
     page: Cursor | None = None,
     limit: int = TAIL_PAGE_ROWS,
+    filters: Filters = NO_FILTERS,
 ) -> list[EventRow]:
-    """Up to `limit` matching events, oldest first; the next page starts after the last
-    one's key (`page`)."""
+    """Up to `limit` matching events (of those, the ones `filters` keep), oldest first; the
+    next page starts after the last one's key (`page`)."""
     if not 0 < key <= MAX_ID:
         return []
     spec = TailSpec(
@@ -141,8 +157,9 @@ async def tail_page(
             args.append(late_seq)
     if page is not None:
         args.extend((page.created_at, page.seq))
+    args.extend(filter_clauses(filters, 0).args)
     args.append(limit)
-    sql, _ = tail_sql(column, spec)
+    sql, _ = tail_sql(column, spec, filters=filters)
     return list(map(EventRow._make, await conn.fetch(sql, *args)))
 
 
