@@ -128,10 +128,12 @@ def filter_clauses(filters: Filters, first: int, *, per_type: str | None = None)
     return FilterSql(clauses, args, types_param)
 
 
-def _per_type(filters: Filters) -> bool:
-    """Whether a page reads one index range per event type and merges them: several types
-    and no user (a user's events are one range of the user index; their types a filter)."""
-    return len(filters.event_types) > 1 and filters.user_id is None
+def _per_type(column: str, filters: Filters) -> bool:
+    """Whether a page reads one index range per event type and merges them: an account's page
+    with several types and no user (a user's events are one range of the user index; their
+    types a filter). A course has no filter indexes (docs/store.md#filter-indexes): its
+    filters are checked on the rows of its one order index range."""
+    return column == "account_id" and len(filters.event_types) > 1 and filters.user_id is None
 
 
 class EventRow(NamedTuple):
@@ -278,11 +280,12 @@ def page_sql(
     exact keyset condition and an index condition.
 
     Filters (docs/store.md#filter-indexes) come after the cursor's parameters, before the
-    limit; without any, the text is the unfiltered query's. A user's events are one range of
-    the (column, root_account_id, user_id, created_at DESC, seq DESC) index; one event type's
-    one range of the (column, root_account_id, event_type, ...) index; several types (and no
-    user) are read one range per type, like several root accounts, and merged; the other
-    filters are checked on the rows of the range, which stops once the page is full.
+    limit; without any, the text is the unfiltered query's. On an account, a user's events
+    are one range of the (account_id, root_account_id, user_id, created_at DESC, seq DESC)
+    index; one event type's one range of the (account_id, root_account_id, event_type, ...)
+    index; several types (and no user) are read one range per type, like several root
+    accounts, and merged. On a course, the filters are checked on the rows of the course's
+    order index range. Either way the range stops once the page is full.
     """
     if column not in ("course_id", "account_id"):
         raise ValueError(f"no page query on {column}")
@@ -301,7 +304,7 @@ def page_sql(
         clauses.append(f"created_at <= ${n + 1}")
         clauses.append(f"(created_at, seq) < (${n + 1}, ${n + 2})")
         n += 2
-    per_type = _per_type(filters)
+    per_type = _per_type(column, filters)
     filtered = filter_clauses(filters, n + 1, per_type="t.wanted" if per_type else None)
     clauses.extend(filtered.clauses)
     n += len(filtered.args) + 1
