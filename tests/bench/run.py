@@ -81,9 +81,17 @@ def main() -> int:
             elif name == "scaleout":
                 from scaleout import bench_scaleout
 
-                n = args.scaleout_n or (30_000 if quick else 300_000)
+                n = args.scaleout_n or (60_000 if quick else 300_000)
                 report = asyncio.run(
-                    bench_scaleout(endpoints, n, args.repeats or (1 if quick else 2), log_dir)
+                    bench_scaleout(
+                        endpoints,
+                        n,
+                        args.repeats or (1 if quick else 2),
+                        log_dir,
+                        api_events=50_000 if quick else 300_000,
+                        api_seconds=args.seconds or (4 if quick else 10),
+                        concurrency=args.concurrency,
+                    )
                 )
             else:
                 print(f"unknown benchmark {name!r}", file=sys.stderr)

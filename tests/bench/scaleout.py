@@ -4,8 +4,12 @@ The ingest benchmark's messages (same sample, same encoder) are produced once to
 partitions; each round starts K consumer processes with a fresh database and a fresh group id,
 all at offset 0, and measures:
 
-events_per_s        N over the time from the first stored event to all N stored, polled from
-                    the database (the events sequence while it runs, count(*) at the end)
+events_per_s        the events stored from the moment the group has settled (every
+                    consumer's last "partitions assigned" log line, together the 6 partitions
+                    once each) until all N are stored, over that time; polled from the database
+                    (the events sequence while it runs, count(*) at the end). What the group
+                    stored while it was still rebalancing (consumers start a few seconds apart,
+                    and each join is a rebalance) is the warm-up, reported as warmup_events
 cpu_us_per_event    CPU time (utime + stime from /proc/<pid>/stat) over the same interval, per
                     stored event: of the consumer processes together, of the PostgreSQL server
                     (postmaster, its live backends, and the children it reaped) and of the
@@ -21,7 +25,11 @@ when the CPU is the limit, and at most K / (consumer CPU seconds per event) for 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,11 +37,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from common import Report, median, progress, stop_with_peak_rss, table
+from common import Report, median, peak_rss_mib, progress, stop_with_peak_rss, table
 from ingest import BATCH, PARTITIONS, Databases, build_messages, prefill
 
 from service_process import ServiceProcess
 
+HERE = Path(__file__).resolve().parent
 CONSUMERS = (1, 2, 3)
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -100,6 +109,25 @@ def listener_pid(port: int) -> int | None:
     return None
 
 
+def _assignment(proc: ServiceProcess) -> list[int] | None:
+    """The partitions a consumer holds per its log: its last assignment, unless revoked since."""
+    last = None
+    for line in proc.log_lines():
+        if '"msg":"partitions assigned"' in line or '"msg":"partitions revoked"' in line:
+            last = line
+    if last is None or '"msg":"partitions revoked"' in last:
+        return None
+    return [int(p) for p in re.findall(r"partition=(\d+)", last)]
+
+
+def settled(procs: list[ServiceProcess]) -> bool:
+    """Every consumer holds partitions and together they hold each partition once."""
+    held = [_assignment(p) for p in procs]
+    if any(not h for h in held):
+        return False
+    return sorted(p for h in held if h for p in h) == list(range(PARTITIONS))
+
+
 async def _stored_so_far(conn: asyncpg.Connection) -> int:
     """Rows given a seq so far (cheap; counts a batch still in its transaction)."""
     value = await conn.fetchval(
@@ -150,11 +178,16 @@ async def run_group(
                 cpu_seconds(kafka) if kafka else 0.0,
             )
 
-        while (first_count := await _stored_so_far(conn)) == 0:
+        while not settled(procs):
             if time.monotonic() > deadline:
-                raise RuntimeError("no event stored within 30 minutes")
+                raise RuntimeError(f"{consumers} consumers did not settle in 30 minutes")
             await asyncio.sleep(0.01)
         start = sample()
+        first_count = await _stored_so_far(conn)
+        if first_count >= n:
+            raise RuntimeError(
+                f"all {n} events were stored before the group settled: use more messages"
+            )
         while (
             await _stored_so_far(conn) < n or await conn.fetchval("SELECT count(*) FROM events") < n
         ):
@@ -173,7 +206,7 @@ async def run_group(
             rss.append(stop_with_peak_rss(proc))
     if stored != n:
         raise RuntimeError(f"{consumers} consumers stored {stored} events, expected {n}")
-    counted = n - min(first_count, n - 1)  # events stored inside the measured interval
+    counted = n - first_count  # events stored inside the measured interval
     seconds = end[0] - start[0]
     cpu = {
         "consumer": end[1] - start[1],
@@ -184,6 +217,7 @@ async def run_group(
         "consumers": consumers,
         "events": n,
         "counted_events": counted,
+        "warmup_events": first_count,
         "seconds": seconds,
         "events_per_s": counted / seconds,
         "cpu_seconds": cpu,
@@ -199,7 +233,16 @@ def projection(cpu_us: dict[str, float], consumers_max: float, cores: int) -> fl
     return min(cores / total * 1e6, consumers_max)
 
 
-async def bench_scaleout(endpoints: Any, n: int, repeats: int, log_dir: Path) -> Report:
+async def bench_scaleout(
+    endpoints: Any,
+    n: int,
+    repeats: int,
+    log_dir: Path,
+    *,
+    api_events: int,
+    api_seconds: float,
+    concurrency: int,
+) -> Report:
     report = Report(
         "scaleout",
         {
@@ -295,7 +338,15 @@ async def bench_scaleout(endpoints: Any, n: int, repeats: int, log_dir: Path) ->
         table(
             f"\nscaleout: {n:,} messages on {PARTITIONS} partitions, median of {repeats}, "
             f"{os.cpu_count()} cores",
-            ["consumers", "events/s", "consumer µs/ev", "PG µs/ev", "Kafka µs/ev", "cores busy"],
+            [
+                "consumers",
+                "events/s",
+                "consumer µs/ev",
+                "PG µs/ev",
+                "Kafka µs/ev",
+                "cores busy",
+                "warm-up events",
+            ],
             [
                 [
                     k,
@@ -304,6 +355,7 @@ async def bench_scaleout(endpoints: Any, n: int, repeats: int, log_dir: Path) ->
                     med[str(k)]["cpu_us_per_event"]["postgres"],
                     med[str(k)]["cpu_us_per_event"]["kafka"],
                     med[str(k)]["cpu_busy_cores"],
+                    median(r["warmup_events"] for r in runs[str(k)]),
                 ]
                 for k in CONSUMERS
             ],
@@ -316,5 +368,154 @@ async def bench_scaleout(endpoints: Any, n: int, repeats: int, log_dir: Path) ->
             [[int(c), v] for c, v in med["projection_events_per_s"].items()],
         )
     )
+    await bench_api_workers(
+        endpoints, report, api_events, repeats, api_seconds, concurrency, log_dir
+    )
     print(report.rss_table())
     return report
+
+
+# ---------------------------------------------------------------------- API workers
+
+WORKERS = (1, 2)
+
+
+def _run_loadgen(
+    urls: list[str], token: str, concurrency: int, duration: float, warmup: float, tmp: Path
+) -> dict[str, Any]:
+    url_file = tmp / f"urls-{uuid.uuid4().hex[:6]}.txt"
+    url_file.write_text("\n".join(urls) + "\n")
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--urls", str(url_file), "--token", token]
+    cmd += ["--concurrency", str(concurrency), "--duration", str(duration)]
+    cmd += ["--warmup", str(warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
+    result: dict[str, Any] = json.loads(out.stdout)
+    if result["errors"]:
+        raise RuntimeError(f"load generator saw {result['errors']} non-200 answers")
+    return result
+
+
+def service_cpu_seconds(pid: int) -> float:
+    """A `serve` process and its workers (children), CPU seconds."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children_of(pid))
+
+
+async def bench_api_workers(
+    endpoints: Any,
+    report: Report,
+    events: int,
+    repeats: int,
+    duration: float,
+    concurrency: int,
+    log_dir: Path,
+) -> None:
+    """Requests/s and CPU per request of `serve` with 1 and 2 workers on the same store."""
+    from query import _root_of, load
+
+    from course_audit.store.tokens import create_token
+
+    postmaster = listener_pid(urlsplit(endpoints.database_url).port or 5432)
+    assert postmaster is not None
+    dbs = Databases(endpoints.database_url)
+    db = await dbs.fresh()
+    progress(f"api workers: loading {events:,} events with COPY")
+    ids = await load(db, events)
+    conn = await asyncpg.connect(db)
+    try:
+        token = (await create_token(conn, "bench", [_root_of(ids["deep_account"])])).token
+    finally:
+        await conn.close()
+    paths = [f"courses/{c}" for c in ids["big_courses"]] + [f"accounts/{ids['deep_account']}"]
+    runs: dict[str, list[dict[str, Any]]] = {str(w): [] for w in WORKERS}
+    try:
+        for r in range(repeats):
+            for workers in WORKERS:
+                api = ServiceProcess(
+                    "serve",
+                    {
+                        "AUDIT_DATABASE_URL": db,
+                        "AUDIT_MIGRATE_ON_START": "false",
+                        "AUDIT_API_WORKERS": str(workers),
+                    },
+                    log_dir / f"api-workers-{workers}-{r}.log",
+                ).start()
+                try:
+                    if workers > 1:
+                        await api.wait_log('"msg":"http listening"', 60, count=workers)
+                    await api.wait_ready(60)
+                    urls = [f"{api.base_url}/api/v1/audit/course/{p}?per_page=100" for p in paths]
+                    await asyncio.to_thread(_run_loadgen, urls, token, concurrency, 2, 0, log_dir)
+                    before = (service_cpu_seconds(api.pid), server_cpu_seconds(postmaster))
+                    result = await asyncio.to_thread(
+                        _run_loadgen, urls, token, concurrency, duration, 0, log_dir
+                    )
+                    after = (service_cpu_seconds(api.pid), server_cpu_seconds(postmaster))
+                    rss = [peak_rss_mib(p) for p in [api.pid, *children_of(api.pid)]]
+                finally:
+                    stop_with_peak_rss(api)
+                requests = result["requests"]
+                run = {
+                    "workers": workers,
+                    "rps": result["rps"],
+                    "p50_ms": result["p50_ms"],
+                    "p99_ms": result["p99_ms"],
+                    "requests": requests,
+                    "cpu_us_per_request": {
+                        "api": (after[0] - before[0]) / requests * 1e6,
+                        "postgres": (after[1] - before[1]) / requests * 1e6,
+                    },
+                    "peak_rss_mib": [round(m, 1) for m in rss if m is not None],
+                }
+                runs[str(workers)].append(run)
+                for m in run["peak_rss_mib"]:
+                    report.note_rss("serve", m)
+                us = run["cpu_us_per_request"]
+                progress(
+                    f"  run {r + 1}/{repeats} {workers} worker(s): {run['rps']:,.0f} req/s, "
+                    f"p50 {run['p50_ms']:.1f} ms; CPU µs/request API {us['api']:.0f}, "
+                    f"PostgreSQL {us['postgres']:.0f}"
+                )
+    finally:
+        await dbs.drop(db)
+    report.runs.update({f"api_workers_{k}": v for k, v in runs.items()})
+    med = {
+        k: {
+            "rps": median(r["rps"] for r in rs),
+            "p50_ms": median(r["p50_ms"] for r in rs),
+            "p99_ms": median(r["p99_ms"] for r in rs),
+            "cpu_us_per_request": {
+                part: median(r["cpu_us_per_request"][part] for r in rs)
+                for part in ("api", "postgres")
+            },
+        }
+        for k, rs in runs.items()
+    }
+    report.medians["api_workers"] = med
+    report.ratios["api_rps_2_workers_vs_1"] = med["2"]["rps"] / med["1"]["rps"]
+    report.targets["api_rps_2_workers_vs_1"] = "(reported)"
+    report.parameters["api_workers"] = {
+        "events": events,
+        "per_page": 100,
+        "concurrency": concurrency,
+        "seconds_per_measurement": duration,
+        "urls": "first pages of the 5 big courses and the deep account, in turn",
+    }
+    print(
+        table(
+            f"\nAPI workers (`serve`, AUDIT_API_WORKERS): first pages, {events:,} events, "
+            f"concurrency {concurrency}, median of {repeats}, {os.cpu_count()} cores shared "
+            "with the load generator and PostgreSQL",
+            ["workers", "req/s", "p50 ms", "p99 ms", "API µs/req", "PG µs/req"],
+            [
+                [
+                    int(k),
+                    v["rps"],
+                    v["p50_ms"],
+                    v["p99_ms"],
+                    v["cpu_us_per_request"]["api"],
+                    v["cpu_us_per_request"]["postgres"],
+                ]
+                for k, v in med.items()
+            ],
+        )
+    )
