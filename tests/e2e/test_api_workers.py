@@ -3,6 +3,9 @@
 Both workers log their `http listening` line with the same port and their own pid, both answer
 requests on that port (each names itself in the X-Audit-Worker header), and SIGTERM to the
 process started stops every worker: none is left running.
+
+In the container layer the logged pids are the container's own: the checks through /proc
+are for local processes, and there the container's exit is what shows that none is left.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -55,6 +59,18 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def kill_worker(service: ServiceProcess, pid: int) -> None:
+    """SIGKILL one worker (inside the service's container when it runs in one)."""
+    if service.container is None:
+        os.kill(pid, signal.SIGKILL)
+        return
+    subprocess.run(
+        ["docker", "exec", service.container, "python3", "-c", f"import os; os.kill({pid}, 9)"],
+        check=True,
+        capture_output=True,
+    )
+
+
 async def answering_workers(base_url: str, seen: dict[str, int]) -> dict[str, int]:
     """GET /openapi.json on a new connection; count the answer under the worker it names."""
     async with aiohttp.ClientSession() as session, session.get(f"{base_url}/openapi.json") as r:
@@ -75,8 +91,10 @@ async def test_two_workers_share_one_port_and_stop_together(
         pids = {int(str(line["pid"])) for line in lines}
         assert len(ports) == 1, lines
         assert {line["worker"] for line in lines} == {1, 2}, lines
-        assert len(pids) == 2 and service.pid not in pids, lines
-        assert all(parent_of(pid) == service.pid for pid in pids)
+        assert len(pids) == 2, lines
+        local = service.container is None
+        if local:
+            assert all(parent_of(pid) == service.pid for pid in pids), lines
         await service.wait_ready(60)
         # The kernel spreads new connections over both listening workers.
         seen: dict[str, int] = {}
@@ -89,7 +107,8 @@ async def test_two_workers_share_one_port_and_stop_together(
         )
         service.signal(signal.SIGTERM)
         assert service.wait(30) == 0
-        assert [pid for pid in pids if alive(pid)] == []
+        if local:
+            assert [pid for pid in pids if alive(pid)] == []
         assert "api workers stopped" in service.log_text()
 
 
@@ -100,9 +119,10 @@ async def test_a_worker_that_dies_stops_the_others(
         lines = await listening_lines(service)
         first, second = (int(str(line["pid"])) for line in lines)
         await service.wait_ready(60)
-        os.kill(first, signal.SIGKILL)
+        kill_worker(service, first)
         assert service.wait(30) == 1
-        assert not alive(first) and not alive(second)
+        if service.container is None:
+            assert not alive(first) and not alive(second)
         exited = [
             json.loads(line)
             for line in service.log_lines()
