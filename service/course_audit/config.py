@@ -232,6 +232,13 @@ class Settings:
         doc="open HTTP connections per process; beyond it the one waiting longest for a "
         "request head is closed",
     )
+    api_workers: int = setting(
+        1,
+        env="AUDIT_API_WORKERS",
+        parse=integer(1, 64),
+        doc="`serve` only: API processes sharing the one port (SO_REUSEPORT); each has its "
+        "own pool, caches, /metrics and /health (docs/operations.md#api-workers)",
+    )
     stream_max_subscribers: int = setting(
         500,
         env="AUDIT_STREAM_MAX_SUBSCRIBERS",

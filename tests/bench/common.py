@@ -98,6 +98,20 @@ class Report:
     ratios: dict[str, float] = field(default_factory=dict)
     targets: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Peak resident memory (VmHWM, MiB) of the service processes the benchmark started,
+    # by role ("consume", "serve", "run"): the largest over the benchmark's runs.
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
+
+    def note_rss(self, role: str, mib: float | None) -> None:
+        if mib is not None:
+            self.peak_rss_mib[role] = max(self.peak_rss_mib.get(role, 0.0), round(mib, 1))
+
+    def rss_table(self) -> str:
+        return table(
+            f"peak RSS of the service processes ({self.name})",
+            ["process", "peak RSS MiB"],
+            [[role, mib] for role, mib in sorted(self.peak_rss_mib.items())],
+        )
 
     def write(self, database_url: str | None) -> Path:
         RESULTS.mkdir(exist_ok=True)
@@ -113,9 +127,30 @@ class Report:
             "ratios": self.ratios,
             "targets": self.targets,
             "notes": self.notes,
+            "peak_rss_mib": self.peak_rss_mib,
         }
         path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         return path
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """A live process's peak resident set size (VmHWM in /proc/<pid>/status), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def stop_with_peak_rss(proc: Any) -> float | None:
+    """Read a ServiceProcess's peak RSS while it still runs, then stop it (SIGTERM)."""
+    mib = None
+    if proc.proc is not None and proc.proc.poll() is None:
+        mib = peak_rss_mib(proc.pid)
+    proc.stop()
+    return mib
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from common import Report, median, progress, table
+from common import Report, median, progress, stop_with_peak_rss, table
 from ingest import COPY_COLUMNS, Databases
 
 from course_audit.produce.sample import MIX
@@ -231,7 +231,7 @@ async def bench_export(endpoints: Any, n: int, repeats: int, log_dir: Path) -> R
                         f" (+{result['rss_growth_mb']:.1f})"
                     )
     finally:
-        api.stop()
+        report.note_rss("serve", stop_with_peak_rss(api))
         await dbs.drop(db)
     report.runs = runs
     med = {
@@ -262,4 +262,9 @@ async def bench_export(endpoints: Any, n: int, repeats: int, log_dir: Path) -> R
             [[k, v["events_per_s"], v["mb_per_s"], v["rss_growth_mb_max"]] for k, v in med.items()],
         )
     )
+    report.notes.append(
+        "peak_rss_mib.serve: VmHWM when the API stops, which counts from the last export's "
+        "clear_refs reset (the peak of the last export, not of the whole run)"
+    )
+    print(report.rss_table())
     return report

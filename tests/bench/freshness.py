@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from common import Report, percentile, progress, table
+from common import Report, percentile, progress, stop_with_peak_rss, table
 from ingest import Databases
 
 from course_audit.model import EVENT_RECORDS
@@ -139,7 +139,7 @@ async def bench_freshness(endpoints: Any, rate: int, seconds: int, log_dir: Path
                     latencies.append(result)
     finally:
         await producer.stop()
-        service.stop()
+        report.note_rss("run", stop_with_peak_rss(service))
         await dbs.drop(db)
     report.parameters["achieved_rate"] = round(achieved, 1)
     report.runs = {"latencies_s": [{"sample": i, "seconds": v} for i, v in enumerate(latencies)]}
@@ -159,4 +159,5 @@ async def bench_freshness(endpoints: Any, rate: int, seconds: int, log_dir: Path
             [[report.medians["p50_s"], report.medians["p99_s"], report.medians["max_s"]]],
         )
     )
+    print(report.rss_table())
     return report

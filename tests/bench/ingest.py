@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from common import Report, median, progress, table
+from common import Report, median, progress, stop_with_peak_rss, table
 from naive import event_row, naive_write_batch_per_row
 
 from course_audit.ingest.consumer import DECODE_YIELD_EVERY
@@ -171,7 +171,7 @@ async def run_service(
                 await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:
-        proc.stop()
+        rss = stop_with_peak_rss(proc)
     conn = await asyncpg.connect(db_url)
     try:
         stored = await conn.fetchval("SELECT count(*) FROM events")
@@ -179,7 +179,7 @@ async def run_service(
         await conn.close()
     if stored != n:
         raise RuntimeError(f"service stored {stored} events, expected {n}")
-    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed}
+    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed, "peak_rss_mib": rss}
 
 
 async def _consume(
@@ -346,6 +346,8 @@ async def bench_ingest(
         progress(f"  naive {runs['naive'][-1]['events_per_s']:,.0f} events/s")
         await dbs.drop(db)
     report.runs = runs
+    for run in runs["service"]:
+        report.note_rss("consume", run["peak_rss_mib"])
     report.medians = {k: median(r["events_per_s"] for r in v) for k, v in runs.items()}
     m = report.medians
     report.ratios = {
@@ -366,4 +368,5 @@ async def bench_ingest(
             [[k, v, report.targets[k]] for k, v in report.ratios.items()],
         )
     )
+    print(report.rss_table())
     return report

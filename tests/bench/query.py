@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from common import Report, median, progress, table
+from common import Report, median, progress, stop_with_peak_rss, table
 from ingest import COPY_COLUMNS, Databases
 
 from course_audit.api.params import encode_bookmark
@@ -399,7 +399,7 @@ async def bench_query(
                     f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
                 )
     finally:
-        api.stop()
+        report.note_rss("serve", stop_with_peak_rss(api))
         bare.terminate()
         bare.wait(10)
         await dbs.drop(db)
@@ -436,4 +436,5 @@ async def bench_query(
             [[k, v, report.targets[k]] for k, v in report.ratios.items()],
         )
     )
+    print(report.rss_table())
     return report

@@ -1,6 +1,7 @@
 """`make bench`: start the local services as `make test` does and run the benchmarks.
 
-python tests/bench/run.py [--quick] [--only ingest,query,freshness,stream,export] [--ingest-n N] ...
+python tests/bench/run.py [--quick] [--only ingest,query,freshness,stream,export,scaleout]
+    [--ingest-n N] ...
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from harness import provide_services
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
-    parser.add_argument("--only", default="ingest,query,freshness,stream,export")
+    parser.add_argument("--only", default="ingest,query,freshness,stream,export,scaleout")
     parser.add_argument("--ingest-n", type=int, default=None, help="messages (full: 300,000)")
     parser.add_argument("--naive-n", type=int, default=None, help="messages for the naive run")
     parser.add_argument("--repeats", type=int, default=None)
@@ -33,6 +34,7 @@ def main() -> int:
         "--stream-seconds", type=int, default=None, help="each stream freshness phase (full: 30)"
     )
     parser.add_argument("--export-n", type=int, default=None, help="events (full: 1,000,000)")
+    parser.add_argument("--scaleout-n", type=int, default=None, help="messages (full: 300,000)")
     args = parser.parse_args()
     quick = args.quick
     repeats = args.repeats or (1 if quick else 3)
@@ -76,6 +78,21 @@ def main() -> int:
 
                 n = args.export_n or (100_000 if quick else 1_000_000)
                 report = asyncio.run(bench_export(endpoints, n, repeats, log_dir))
+            elif name == "scaleout":
+                from scaleout import bench_scaleout
+
+                n = args.scaleout_n or (60_000 if quick else 300_000)
+                report = asyncio.run(
+                    bench_scaleout(
+                        endpoints,
+                        n,
+                        args.repeats or (1 if quick else 2),
+                        log_dir,
+                        api_events=50_000 if quick else 300_000,
+                        api_seconds=args.seconds or (4 if quick else 10),
+                        concurrency=args.concurrency,
+                    )
+                )
             else:
                 print(f"unknown benchmark {name!r}", file=sys.stderr)
                 return 2

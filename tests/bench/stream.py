@@ -30,7 +30,7 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from common import Report, percentile, progress, table
+from common import Report, percentile, progress, stop_with_peak_rss, table
 from ingest import Databases
 
 from course_audit.model import EVENT_RECORDS
@@ -346,8 +346,8 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
             delivery_b = await watch_b.delivery(db)
     finally:
         await producer.stop()
-        serve.stop()
-        consume.stop()
+        report.note_rss("serve", stop_with_peak_rss(serve))
+        report.note_rss("consume", stop_with_peak_rss(consume))
         await dbs.drop(db)
     a, b = _latency(watch_a, missed_a, delivery_a), _latency(watch_b, missed_b, delivery_b)
     report.parameters["achieved_rate"] = round(min(results["achieved_a"], results["achieved_b"]), 1)
@@ -426,4 +426,5 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
             [[*none_row, results["busy_cpu_pct_a"]], [*idle_row, results["busy_cpu_pct_b"]]],
         )
     )
+    print(report.rss_table())
     return report

@@ -58,6 +58,8 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("AUDIT_SCHEMA_REGISTRY_URL", "registry:8081", "absolute"),
         ("AUDIT_LOG_FORMAT", "xml", "must be one of"),
         ("AUDIT_BATCH_MAX_RECORDS", "0", "out of range"),
+        ("AUDIT_API_WORKERS", "0", "out of range"),
+        ("AUDIT_API_WORKERS", "two", "not an integer"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str, fragment: str) -> None:

@@ -115,10 +115,19 @@ async def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command
-async def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+async def _serve_one(args: argparse.Namespace, settings: Settings) -> int:
     from course_audit.runtime.runner import run_roles
 
     return await run_roles(settings, consume=False, serve_api=True)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The API: one process, or AUDIT_API_WORKERS processes on one port."""
+    if settings.api_workers > 1:
+        from course_audit.runtime.workers import serve_workers
+
+        return serve_workers(settings)
+    return _serve_one(args, settings)
 
 
 # ------------------------------------------------------------------ store admin

@@ -288,7 +288,7 @@ class HttpConnection(web.RequestHandler):
 class HttpSite(web.BaseSite):
     """A TCP site whose connections are made by `factory` (aiohttp's TCPSite uses its own)."""
 
-    __slots__ = ("_factory", "_host", "_port")
+    __slots__ = ("_factory", "_host", "_port", "_reuse_port")
 
     def __init__(
         self,
@@ -296,11 +296,14 @@ class HttpSite(web.BaseSite):
         host: str,
         port: int,
         factory: Callable[[], asyncio.Protocol],
+        *,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._factory = factory
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -310,12 +313,19 @@ class HttpSite(web.BaseSite):
         await super().start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._factory, self._host, self._port, backlog=ACCEPT_BURST
+            self._factory,
+            self._host,
+            self._port,
+            backlog=ACCEPT_BURST,
+            reuse_port=self._reuse_port or None,
         )
 
 
-def http_site(runner: web.BaseRunner, settings: Settings, metrics: Metrics) -> HttpSite:
-    """The process's site on AUDIT_HTTP_HOST:AUDIT_HTTP_PORT, with the limits of `settings`."""
+def http_site(
+    runner: web.BaseRunner, settings: Settings, metrics: Metrics, *, reuse_port: bool = False
+) -> HttpSite:
+    """The process's site on AUDIT_HTTP_HOST:AUDIT_HTTP_PORT, with the limits of `settings`
+    (with `reuse_port`, one of several API workers on that port: runtime/workers.py)."""
     server = runner.server
     assert server is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
@@ -330,7 +340,7 @@ def http_site(runner: web.BaseRunner, settings: Settings, metrics: Metrics) -> H
             keepalive_timeout_s=settings.http_keepalive_timeout_s,
         )
 
-    return HttpSite(runner, settings.http_host, settings.http_port, factory)
+    return HttpSite(runner, settings.http_host, settings.http_port, factory, reuse_port=reuse_port)
 
 
 def raise_open_files_limit(max_connections: int) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -236,8 +237,25 @@ async def supervise_consumer(
             return
 
 
-async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = False) -> int:
-    """Run the chosen roles until SIGTERM/SIGINT; return the exit status."""
+def _worker_header(
+    number: str,
+) -> Callable[[web.Request, web.StreamResponse], Coroutine[Any, Any, None]]:
+    from course_audit.runtime.workers import WORKER_HEADER
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[WORKER_HEADER] = number
+
+    return add
+
+
+async def run_roles(
+    settings: Settings, *, consume: bool, serve_api: bool = False, worker: int | None = None
+) -> int:
+    """Run the chosen roles until SIGTERM/SIGINT; return the exit status.
+
+    `worker`: this process is that API worker of several sharing one port
+    (AUDIT_API_WORKERS, runtime/workers.py).
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -250,14 +268,19 @@ async def run_roles(settings: Settings, *, consume: bool, serve_api: bool = Fals
         from course_audit.api import install_api
 
         install_api(app)
+    if worker is not None:
+        app.on_response_prepare.append(_worker_header(str(worker)))
     raise_open_files_limit(settings.http_max_connections)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     # Request-head and keep-alive deadlines, a connection cap, one-line protocol errors.
-    await http_site(runner, settings, metrics).start()
+    await http_site(runner, settings, metrics, reuse_port=worker is not None).start()
     # The port actually bound: with AUDIT_HTTP_PORT=0 the system picks it.
     port = runner.addresses[0][1]
-    log.info("http listening", extra={"host": settings.http_host, "port": port})
+    where: dict[str, Any] = {"host": settings.http_host, "port": port}
+    if worker is not None:
+        where.update(worker=worker, pid=os.getpid())
+    log.info("http listening", extra=where)
 
     background: list[asyncio.Task[None]] = []
     pools: list[asyncpg.Pool] = []
