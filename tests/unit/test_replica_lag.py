@@ -36,6 +36,9 @@ def test_a_replica_behind_every_sample_is_at_least_as_old_as_the_oldest_kept() -
         clock.sample(float(second), 1000 + second)
     assert clock.lag(19.0, 10, commit_age_s=None) >= 5.0
     assert len(clock.samples) <= 7
+    # Its last replayed commit's age bounds it then (a process that just started knows no
+    # older sample).
+    assert clock.lag(19.0, 10, commit_age_s=300.0) == 300.0
 
 
 def test_readiness_shows_the_replica_only_when_there_is_one() -> None:

@@ -471,7 +471,7 @@ async def _export(
                 raise
             reads = request.app[RUNTIME].reads
             if attempt == 0 and reads is not None and pool is reads.replica:
-                reads.replica_failed(exc)  # the primary answers instead
+                reads.read_failed(exc)  # the primary answers instead
                 pool = reads.primary
                 continue
             if attempt == 0 and _connection_lost(exc):

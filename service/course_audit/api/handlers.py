@@ -118,7 +118,7 @@ async def with_database(
                 raise
             reads = runtime.reads
             if attempt == 0 and reads is not None and pool is reads.replica:
-                reads.replica_failed(exc)
+                reads.read_failed(exc)
                 pool = reads.primary
                 continue
             if attempt == 0 and _connection_lost(exc):

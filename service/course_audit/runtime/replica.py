@@ -6,12 +6,11 @@ the replica answers and is at most AUDIT_DATABASE_READ_MAX_LAG_S behind, else th
 Tokens, the live tail's LISTEN connection and every write stay on the primary.
 
 Lag is measured without trusting an idle primary's clock: every check samples the primary's
-WAL position (`pg_current_wal_lsn()`) and remembers when it did; the replica is as fresh as
-the primary was at the newest sample its replay position (`pg_last_wal_replay_lsn()`) has
-reached. So a primary with nothing to write never makes a caught-up replica look behind, and
-a paused or stuck replay shows as lag growing with the clock. When the replica's last
-replayed commit is more recent than that sample, its timestamp is used instead (a finer
-figure under a steady write load).
+WAL position and remembers when it did; the replica is as fresh as the primary was at the
+newest sample its replay position (`pg_last_wal_replay_lsn()`) has reached. So a primary with
+nothing to write never makes a caught-up replica look behind, and a paused or stuck replay
+shows as lag growing with the clock. When the replica's last replayed commit is more recent
+than that sample, its timestamp is used instead (a finer figure under a steady write load).
 """
 
 from __future__ import annotations
@@ -38,6 +37,12 @@ CHECK_TIMEOUT_S = 2.0
 CATCH_UP_TIMEOUT_S = 2.0
 #: Between two looks at the replica's replay position while waiting for it.
 CATCH_UP_POLL_S = 0.01
+
+#: The primary's WAL position: where it has inserted, not written. With
+#: `synchronous_commit = off` a commit may still be in the WAL buffers, and
+#: `pg_current_wal_lsn()` (written) would be before it: a replica "caught up" to that may not
+#: show the commit yet.
+_PRIMARY_POSITION = "SELECT pg_current_wal_insert_lsn()::text"
 
 _REPLAY = (
     "SELECT pg_last_wal_replay_lsn()::text,"
@@ -66,19 +71,19 @@ class LagClock:
             self.samples.popleft()
 
     def lag(self, now: float, replayed: int, commit_age_s: float | None) -> float:
-        """Seconds the replica is behind: 0 when it has replayed the newest sample, else the
-        age of the newest sample it has replayed (or of the oldest kept, at least), or the age
-        of its last replayed commit if that is less."""
+        """Seconds the replica is behind, at most: 0 when it has replayed the newest sample,
+        else the age of the newest sample it has replayed or of its last replayed commit,
+        whichever is less (its view is at least as new as either). Behind every sample kept
+        (a process just started, a replica long stopped), the commit's age, or else the
+        oldest sample's."""
         if not self.samples or replayed >= self.samples[-1][1]:
             return 0.0
-        reached = self.samples[0][0]
-        for at, position in self.samples:
-            if position <= replayed:
-                reached = at
-        lag = now - reached
-        if commit_age_s is not None:
-            lag = min(lag, max(0.0, commit_age_s))
-        return lag
+        reached = [at for at, position in self.samples if position <= replayed]
+        commit = None if commit_age_s is None else max(0.0, commit_age_s)
+        if not reached:
+            return commit if commit is not None else now - self.samples[0][0]
+        lag = now - reached[-1]
+        return lag if commit is None else min(lag, commit)
 
 
 class Reads:
@@ -100,8 +105,10 @@ class Reads:
         self.clock = LagClock(keep_s=max(60.0, 4 * max_lag_s))
         #: Whether the last check found the replica answering and recent enough.
         self.usable = False
+        self._logged: bool | None = None  # what the log last said (None: nothing yet)
         if replica is not None:
             health.replica = False
+            health.replica_error = "not checked yet"
 
     def pool(self) -> asyncpg.Pool:
         """The pool for one read."""
@@ -112,13 +119,28 @@ class Reads:
         self.metrics.replica_fallback.inc()
         return self.primary
 
+    def read_failed(self, error: BaseException) -> None:
+        """A read on the replica failed with a fault that may pass (its caller reads the
+        primary instead): a lost connection or a timeout leaves the replica out until the next
+        check finds it again; anything else (a query cancelled by a conflict with replay,
+        say) does not."""
+        self.metrics.replica_fallback.inc()
+        lost = isinstance(error, OSError | TimeoutError | asyncpg.PostgresConnectionError)
+        if lost or isinstance(error, asyncpg.InterfaceError | ConnectionError):
+            self.replica_failed(error)
+        else:
+            log.warning(
+                "a read failed on the replica; the primary answers", extra={"error": str(error)}
+            )
+
     def replica_failed(self, error: BaseException) -> None:
         """A read on the replica lost its connection: the primary answers until the next
         check finds the replica again."""
         self._set(False, self.health.replica_lag_s, f"{type(error).__name__}: {error}")
 
     def _set(self, usable: bool, lag_s: float | None, error: str | None) -> None:
-        if usable != self.usable:
+        if usable != self._logged:
+            self._logged = usable
             if usable:
                 log.info("reading from the replica", extra={"replica_lag_s": lag_s})
             else:
@@ -140,7 +162,7 @@ class Reads:
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 async with self.primary.acquire() as conn:
-                    primary_at = lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+                    primary_at = lsn(await conn.fetchval(_PRIMARY_POSITION))
                 now = time.monotonic()
                 self.clock.sample(now, primary_at)
                 async with self.replica.acquire() as conn:
@@ -168,7 +190,7 @@ class Reads:
         if self.replica is None or not self.usable:
             return self.pool()
         async with self.primary.acquire() as conn:
-            target = lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+            target = lsn(await conn.fetchval(_PRIMARY_POSITION))
         deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
         try:
             async with self.replica.acquire(timeout=CHECK_TIMEOUT_S) as conn:
