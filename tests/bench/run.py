@@ -69,7 +69,7 @@ def main() -> int:
             elif name == "replica":
                 from freshness import bench_replica
 
-                seconds = args.fresh_seconds or (10 if quick else 30)
+                seconds = args.fresh_seconds or (8 if quick else 30)
                 report = asyncio.run(
                     bench_replica(endpoints, args.rate, seconds, 1 if quick else 2, log_dir)
                 )
