@@ -12,6 +12,7 @@ standby stopped, the API answers from the primary and readiness says why.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -205,8 +206,13 @@ async def test_reads_come_from_the_replica_tokens_and_writes_from_the_primary(
     second_ids = [e["event_id"] for e in second]
     await eventually(lambda: stored_on(primary, second_ids), lambda n: n == 4, 60, "stored")
     assert await stored_on(standby, second_ids) == 0
-    # The API serves the standby's older view, and says how far behind it is.
+    # The API serves the standby's older view (pages and exports), and says how far behind
+    # it is.
     assert sorted(await page_ids(api, token)) == first_ids
+    export = await api.get(course_path(COURSE["id"]) + "/export", token=token)
+    assert export.status == 200
+    lines = [json.loads(line) for line in export.body.decode().splitlines() if line]
+    assert sorted(e["id"] for e in lines) == first_ids
     status, body = await service.wait_health(
         lambda h: h is not None and (h[1].get("replica", {}).get("lag_s") or 0) >= 1.0,
         30,

@@ -50,3 +50,46 @@ def test_readiness_shows_the_replica_only_when_there_is_one() -> None:
     ready.replica, ready.replica_error = False, "lag 40.0 s > 30 s"
     assert ready.as_dict()["replica"] == {"ok": False, "lag_s": 0.5, "error": "lag 40.0 s > 30 s"}
     assert not ready.ready and ready.as_dict()["ready"] is False
+
+
+class _Pool:
+    """Stands for an asyncpg pool: `Reads` only hands pools out here."""
+
+
+def test_reads_go_to_the_replica_only_while_it_is_usable() -> None:
+    from course_audit.runtime.metrics import Metrics
+    from course_audit.runtime.replica import Reads
+
+    primary, replica = _Pool(), _Pool()
+    health, metrics = Health(database_ok=True, migrations_ok=True), Metrics()
+    reads = Reads(primary, replica, 30, health, metrics)  # type: ignore[arg-type]
+    fallbacks = metrics.registry.get_sample_value
+    # Not checked yet: the primary answers, counted; readiness waits for the first check.
+    assert reads.pool() is primary and not health.ready
+    assert health.as_dict()["replica"] == {"ok": False, "lag_s": None, "error": "not checked yet"}
+    reads._set(True, 0.2, None)
+    assert reads.pool() is replica and health.ready
+    assert fallbacks("course_audit_replica_fallback_total") == 1.0
+    assert fallbacks("course_audit_replica_lag_seconds") == 0.2
+    # A query cancelled on the replica (a conflict with replay): this read goes to the primary,
+    # the next ones to the replica again.
+    import asyncpg
+
+    reads.read_failed(asyncpg.SerializationError("canceling statement due to conflict"))
+    assert reads.pool() is replica
+    # A lost connection: the primary until the next check.
+    reads.read_failed(ConnectionResetError("reset"))
+    assert reads.pool() is primary and not health.ready
+    assert "ConnectionResetError" in str(health.as_dict()["replica"])
+    assert fallbacks("course_audit_replica_fallback_total") == 4.0
+
+
+def test_without_a_replica_every_read_is_the_primarys() -> None:
+    from course_audit.runtime.metrics import Metrics
+    from course_audit.runtime.replica import Reads
+
+    primary = _Pool()
+    health, metrics = Health(database_ok=True, migrations_ok=True), Metrics()
+    reads = Reads(primary, None, 30, health, metrics)  # type: ignore[arg-type]
+    assert reads.pool() is primary and health.ready and "replica" not in health.as_dict()
+    assert metrics.registry.get_sample_value("course_audit_replica_fallback_total") == 0.0
