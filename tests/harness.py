@@ -185,3 +185,39 @@ def _kafka_container(image: str) -> Iterator[str]:
             kafka.stop()
         return
     raise RuntimeError(f"Kafka container: a port was taken on {services.PORT_ATTEMPTS} attempts")
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """A local PostgreSQL primary and a hot standby streaming from it (tests of read
+    replicas); `stop_standby` / `start_standby` stop it and start it again on its port."""
+
+    primary_url: str
+    standby_url: str
+    state: Path
+
+    def stop_standby(self) -> None:
+        load_local_services().stop_standby(self.state)
+
+    def start_standby(self) -> None:
+        load_local_services().start_standby_again(self.state)
+
+
+@contextlib.contextmanager
+def provide_replicated() -> Iterator[Replicated]:
+    """A primary and its standby, local processes from PostgreSQL's binaries whatever the
+    session's services are (a standby is made with pg_basebackup from a primary this process
+    can reach for replication); stopped and removed afterwards."""
+    services = load_local_services()
+    state = Path(tempfile.mkdtemp(prefix="course-audit-replica-"))
+    try:
+        primary = services.start_postgres(state)
+        standby = services.start_standby(state, primary)
+        yield Replicated(primary, standby, state)
+    finally:
+        services.stop_standby(state)
+        services.stop_postgres(state)
+        with contextlib.suppress(OSError):
+            import shutil
+
+            shutil.rmtree(state)

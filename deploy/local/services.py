@@ -530,6 +530,67 @@ def start_postgres(state: Path) -> str:
     return f"postgresql://postgres@127.0.0.1:{port}/{DB_NAME}"
 
 
+def start_standby(state: Path, primary_url: str) -> str:
+    """A hot standby streaming from the local primary at `primary_url` (docs/operations.md#read-
+    replicas): `pg_basebackup -R` of it into `state`/standby, started on a free port.
+
+    The primary needs nothing added: initdb's defaults have `wal_level = replica`, WAL senders
+    and a `replication` line for 127.0.0.1 in pg_hba.conf (trust, as the rest); the superuser
+    `postgres` replicates. Returns the standby's URL, on the primary URL's database.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(primary_url)
+    pdir = state / "standby"
+    data = pdir / "data"
+    bindir = pg_bindir()
+    if pdir.exists():
+        shutil.rmtree(pdir)
+    pdir.mkdir(parents=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(pdir, pw.pw_uid, pw.pw_gid)
+    subprocess.run(
+        as_pg_user([str(bindir / "pg_basebackup"), "-h", parts.hostname or "127.0.0.1",
+                    "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
+                    "-D", str(data), "-R", "-X", "stream", "-c", "fast", "--no-sync"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=300,
+    )  # fmt: skip
+    with open(data / "postgresql.conf", "a") as conf:
+        conf.write(
+            "\n# course-audit local standby\n"
+            f"unix_socket_directories = '{pdir}'\n"
+            "hot_standby = on\n"
+        )
+    port = _start_postgres_on_a_free_port(bindir, data, pdir, free_port())
+    netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    log(f"PostgreSQL standby up on 127.0.0.1:{port} (data {data})")
+    return urlunsplit((parts.scheme, f"{netloc}127.0.0.1:{port}", parts.path, "", ""))
+
+
+def stop_standby(state: Path) -> None:
+    """Stop the standby (fast shutdown); `start_standby_again` starts it on its port."""
+    data = state / "standby" / "data"
+    if read_pid(data / "postmaster.pid") is not None:
+        subprocess.run(
+            as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                        "-t", "60", "stop"]),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            timeout=90,
+        )  # fmt: skip
+        log("PostgreSQL standby stopped")
+
+
+def start_standby_again(state: Path) -> int:
+    """Start a stopped standby on the port it had (another if that was taken meanwhile)."""
+    pdir = state / "standby"
+    port = int((pdir / "port").read_text())
+    return _start_postgres_on_a_free_port(pg_bindir(), pdir / "data", pdir, port)
+
+
 # ---------------------------------------------------------------- glue
 
 
@@ -545,6 +606,7 @@ def up(state: Path, env_file: Path | None) -> dict[str, str]:
 
 
 def down(state: Path) -> None:
+    stop_standby(state)
     stop_postgres(state)
     stop_kafka(state / "kafka")
 

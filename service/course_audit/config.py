@@ -290,6 +290,21 @@ class Settings:
         doc="the store as `serve` (and `run`'s API) reaches it, as a member of"
         " `course_audit_reader`; default: AUDIT_DATABASE_URL",
     )
+    database_read_url: str | None = setting(
+        None,
+        env="AUDIT_DATABASE_READ_URL",
+        parse=url("postgresql", "postgres"),
+        doc="a streaming replica of the store that `serve` (and `run`'s API) reads events,"
+        " snapshots and exports from; tokens, the live tail's LISTEN and every write stay on"
+        " the primary (docs/operations.md#read-replicas)",
+    )
+    database_read_max_lag_s: int = setting(
+        30,
+        env="AUDIT_DATABASE_READ_MAX_LAG_S",
+        parse=integer(1, 86_400),
+        doc="a replica further behind the primary than this is not read (the primary"
+        " answers) and makes readiness false",
+    )
     retention_months: int = setting(
         14,
         env="AUDIT_RETENTION_MONTHS",

@@ -1,6 +1,6 @@
 """`make bench`: start the local services as `make test` does and run the benchmarks.
 
-python tests/bench/run.py [--quick] [--only ingest,query,freshness,stream,export,scaleout]
+python tests/bench/run.py [--quick] [--only ingest,query,freshness,replica,stream,export,scaleout]
     [--ingest-n N] ...
 """
 
@@ -20,7 +20,7 @@ from harness import provide_services
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
-    parser.add_argument("--only", default="ingest,query,freshness,stream,export,scaleout")
+    parser.add_argument("--only", default="ingest,query,freshness,replica,stream,export,scaleout")
     parser.add_argument("--ingest-n", type=int, default=None, help="messages (full: 300,000)")
     parser.add_argument("--naive-n", type=int, default=None, help="messages for the naive run")
     parser.add_argument("--repeats", type=int, default=None)
@@ -68,6 +68,13 @@ def main() -> int:
 
                 seconds = args.fresh_seconds or (15 if quick else 60)
                 report = asyncio.run(bench_freshness(endpoints, args.rate, seconds, log_dir))
+            elif name == "replica":
+                from freshness import bench_replica
+
+                seconds = args.fresh_seconds or (8 if quick else 30)
+                report = asyncio.run(
+                    bench_replica(endpoints, args.rate, seconds, 1 if quick else 2, log_dir)
+                )
             elif name == "stream":
                 from stream import bench_stream
 

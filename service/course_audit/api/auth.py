@@ -42,6 +42,14 @@ def token_cache() -> TokenCache:
     return TtlCache(TOKEN_CACHE_SIZE, TOKEN_TTL_S)
 
 
+def cached_token(token: str, cache: TokenCache) -> TokenInfo | None:
+    """The active token's cached record (raise the 401 for a revoked one); None if not cached."""
+    info = cache.get(hash_token(token))
+    if info is not None and info.revoked:
+        raise invalid_token(revoked=True)
+    return info
+
+
 async def authenticate(conn: Conn, token: str, cache: TokenCache) -> TokenInfo:
     """The active token's record; raise the 401 ApiError for an unknown or revoked one."""
     digest = hash_token(token)

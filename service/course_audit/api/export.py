@@ -32,7 +32,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from course_audit.api.auth import authenticate, require_token
+from course_audit.api.auth import require_token
 from course_audit.api.errors import ApiError, bad_parameter, not_found, unavailable
 from course_audit.api.handlers import (
     ACCOUNT,
@@ -44,6 +44,7 @@ from course_audit.api.handlers import (
     QUERY_TIMEOUT_S,
     Target,
     _connection_lost,
+    token_info,
 )
 from course_audit.api.params import TimeRange, last_value, parse_filters, query_window
 from course_audit.api.render import _UTC_OPTIONS, render_events, render_time
@@ -52,6 +53,7 @@ from course_audit.store.db import Conn
 from course_audit.store.errors import describe, is_transient
 from course_audit.store.export import event_position, export_chunks, filter_extra
 from course_audit.store.queries import Cursor, EventRow, Filters
+from course_audit.store.tokens import TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +269,9 @@ class _Stop(Exception):
         self.error = error
 
 
-async def _plan(request: web.Request, conn: Conn, token: str, spec: ExportTarget) -> _Plan:
-    """Authenticate, parse, resolve the id and the resume position (401, 400, 404)."""
+async def _plan(request: web.Request, conn: Conn, info: TokenInfo, spec: ExportTarget) -> _Plan:
+    """Parse, resolve the id and the resume position (400, 404)."""
     state = request.app[API_STATE]
-    info = await authenticate(conn, token, state.tokens)
     query = parse_export(request.query, state.zone)
     roots = info.root_account_ids
     key = await spec.target.resolve(conn, request.match_info[spec.target.param], roots)
@@ -419,11 +420,15 @@ def export_handler(spec: ExportTarget) -> Callable[[web.Request], Awaitable[web.
 
     async def handle(request: web.Request) -> web.StreamResponse:
         token = require_token(request)
-        pool = request.app[RUNTIME].pool
-        if pool is None:
+        runtime = request.app[RUNTIME]
+        if runtime.pool is None:
             raise unavailable()
         if not request.app[HEALTH].migrations_ok:
             raise unavailable("The database schema is not ready; try again shortly.")
+        # The token on the primary; the export itself on the read replica, if any.
+        info = await token_info(request, token, request.app[API_STATE].tokens)
+        pool = runtime.read_pool()
+        assert pool is not None
         slots = request.app[EXPORT_SLOTS]
         if not slots.take():
             raise unavailable(
@@ -431,7 +436,7 @@ def export_handler(spec: ExportTarget) -> Callable[[web.Request], Awaitable[web.
                 "try again shortly."
             )
         try:
-            return await _export(request, pool, token, spec)
+            return await _export(request, pool, info, spec)
         finally:
             slots.give_back()
 
@@ -439,7 +444,7 @@ def export_handler(spec: ExportTarget) -> Callable[[web.Request], Awaitable[web.
 
 
 async def _export(
-    request: web.Request, pool: asyncpg.Pool, token: str, spec: ExportTarget
+    request: web.Request, pool: asyncpg.Pool, info: TokenInfo, spec: ExportTarget
 ) -> web.StreamResponse:
     """Run the export on a pooled connection; until its answer has begun, an unreachable
     database is a 503 (a connection lost in an outage is replaced once, as for the
@@ -452,7 +457,7 @@ async def _export(
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 async with asyncio.timeout(QUERY_TIMEOUT_S):
-                    plan = await _plan(request, conn, token, spec)
+                    plan = await _plan(request, conn, info, spec)
                 return await _stream(request, conn, spec, plan, answered)
         except ApiError:
             raise
@@ -464,6 +469,11 @@ async def _export(
                 return answered[0]
             if not is_transient(exc):
                 raise
+            reads = request.app[RUNTIME].reads
+            if attempt == 0 and reads is not None and pool is reads.replica:
+                reads.read_failed(exc)  # the primary answers instead
+                pool = reads.primary
+                continue
             if attempt == 0 and _connection_lost(exc):
                 await pool.expire_connections()
                 continue

@@ -14,7 +14,7 @@ from typing import TypeVar
 import asyncpg
 from aiohttp import web
 
-from course_audit.api.auth import TokenCache, authenticate, require_token
+from course_audit.api.auth import TokenCache, authenticate, cached_token, require_token
 from course_audit.api.errors import ApiError, not_found, unavailable
 from course_audit.api.links import base_url, link_header
 from course_audit.api.openapi import openapi_document
@@ -38,6 +38,7 @@ from course_audit.store.queries import (
     referenced,
     resolve_sis_course,
 )
+from course_audit.store.tokens import TokenInfo
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,21 @@ def _connection_lost(exc: BaseException) -> bool:
     )
 
 
-async def with_database(request: web.Request, work: Callable[[Conn], Awaitable[_T]]) -> _T:
+async def with_database(
+    request: web.Request, work: Callable[[Conn], Awaitable[_T]], *, read: bool = False
+) -> _T:
     """Run `work` on a pooled connection; an unreachable database is a 503, not a 500.
+
+    With `read`, on the read replica's pool while it is usable (docs/operations.md#read-replicas);
+    otherwise, and for anything that must see the primary (tokens), on the primary's.
 
     A connection broken by an outage fails once: the idle ones are expired and the work is
     tried again on a fresh connection, so the first request after the database returns
-    succeeds. While the database stays away, every request gets a quick 503.
+    succeeds. While the database stays away, every request gets a quick 503. A replica that
+    fails so is left for the primary until its next check finds it again.
     """
-    pool = request.app[RUNTIME].pool
+    runtime = request.app[RUNTIME]
+    pool = runtime.read_pool() if read else runtime.pool
     if pool is None:
         raise unavailable()
     if not request.app[HEALTH].migrations_ok:
@@ -108,12 +116,26 @@ async def with_database(request: web.Request, work: Callable[[Conn], Awaitable[_
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            reads = runtime.reads
+            if attempt == 0 and reads is not None and pool is reads.replica:
+                reads.read_failed(exc)
+                pool = reads.primary
+                continue
             if attempt == 0 and _connection_lost(exc):
                 await pool.expire_connections()
                 continue
             log.warning("database unavailable for a request", extra={"error": str(exc)})
             raise unavailable() from None
     raise unavailable()  # pragma: no cover - the loop always returns or raises
+
+
+async def token_info(request: web.Request, token: str, cache: TokenCache) -> TokenInfo:
+    """The token's record: from the cache, else from the primary (never a replica, so that a
+    token just created or revoked counts at once, whatever the replica's lag)."""
+    cached = cached_token(token, cache)
+    if cached is not None:
+        return cached
+    return await with_database(request, lambda conn: authenticate(conn, token, cache))
 
 
 PageQuery = Callable[
@@ -223,16 +245,17 @@ def events_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Resp
         raw = request.match_info[target.param]
         state = request.app[API_STATE]
 
-        async def work(conn: Conn) -> tuple[int, Query, Page]:
-            info = await authenticate(conn, token, state.tokens)
-            query = parse_query(request.query, state.zone)
-            roots = info.root_account_ids
+        info = await token_info(request, token, state.tokens)
+        query = parse_query(request.query, state.zone)
+        roots = info.root_account_ids
+
+        async def work(conn: Conn) -> tuple[int, Page]:
             key = await target.resolve(conn, raw, roots)
             if key is None:
                 raise not_found()
-            return key, query, await _page(conn, target, key, roots, query, state.texts)
+            return key, await _page(conn, target, key, roots, query, state.texts)
 
-        key, query, page = await with_database(request, work)
+        key, page = await with_database(request, work, read=True)
         # The numeric id in links, also for a course asked for by its SIS id.
         path = request.match_info.route.url_for(**{target.param: str(key)}).path
         return _respond(request, base, path, query, page)

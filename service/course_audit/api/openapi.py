@@ -229,6 +229,19 @@ _SCHEMAS: dict[str, Any] = {
                 "type": ["boolean", "null"],
                 "description": "null without a schema registry; false while it is unreachable",
             },
+            "replica": {
+                "type": "object",
+                "description": "only with a read replica (AUDIT_DATABASE_READ_URL)",
+                "required": ["ok", "lag_s", "error"],
+                "properties": {
+                    "ok": {
+                        "type": "boolean",
+                        "description": "it answers and is within AUDIT_DATABASE_READ_MAX_LAG_S",
+                    },
+                    "lag_s": {"type": ["number", "null"]},
+                    "error": {"type": ["string", "null"]},
+                },
+            },
         },
     },
 }

@@ -34,15 +34,16 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from course_audit.api.auth import TOKEN_TTL_S, authenticate, require_token
+from course_audit.api.auth import TOKEN_TTL_S, require_token
 from course_audit.api.errors import ApiError, bad_parameter, message_body, not_found
-from course_audit.api.handlers import API_STATE, Target, with_database
+from course_audit.api.handlers import API_STATE, Target, token_info, with_database
 from course_audit.api.params import parse_filters
 from course_audit.api.render import render_events
 from course_audit.config import Settings
 from course_audit.retry import Backoff, wait_or_stop
 from course_audit.runtime.http_server import HttpConnection
 from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.replica import Reads
 from course_audit.runtime.web import METRICS, RUNTIME, SETTINGS
 from course_audit.store.db import Conn
 from course_audit.store.errors import is_transient
@@ -246,6 +247,7 @@ class StreamHub:
         self.count = 0
         self.listening = False
         self._pool: asyncpg.Pool | None = None
+        self._reads: Reads | None = None
         self._pending = Pending()
         self._work = asyncio.Event()
         self._stop = asyncio.Event()
@@ -266,12 +268,17 @@ class StreamHub:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, pool: asyncpg.Pool) -> None:
-        """Start listening (once, at the first subscriber); wait for the first attempt."""
+    async def start(self, pool: asyncpg.Pool, reads: Reads | None = None) -> None:
+        """Start listening (once, at the first subscriber); wait for the first attempt.
+
+        `pool` is the primary's (tokens); group queries read through `reads` when the API
+        has a read replica (docs/operations.md#read-replicas).
+        """
         if self._stop.is_set():
             return
         if not self._tasks:
             self._pool = pool
+            self._reads = reads
             self._tasks = [
                 asyncio.create_task(self._listen_loop(), name="stream-listen"),
                 asyncio.create_task(self._fanout_loop(), name="stream-fanout"),
@@ -456,15 +463,25 @@ class StreamHub:
         if pending.catch_up:
             self.metrics.stream_polls.inc()
         groups = [g for g in self.groups.values() if pending.catch_up or pending.names(g)]
-        await asyncio.gather(*(self._read_group(g, pending) for g in groups))
+        pool = await self._round_pool()
+        await asyncio.gather(*(self._read_group(pool, g, pending) for g in groups))
         if pending.received is not None:
             self.metrics.stream_fanout_seconds.observe(time.monotonic() - pending.received)
 
-    async def _read_group(self, group: Group, pending: Pending) -> None:
-        """One group's new events (a query per page, whatever the number of subscribers)."""
+    async def _round_pool(self) -> asyncpg.Pool:
+        """Where a round of group queries reads: with a read replica, the replica once it has
+        replayed everything committed before the round began (so every notified batch is
+        visible there: a query run too early would find nothing and never look again), else
+        the primary."""
         assert self._pool is not None
+        if self._reads is None:
+            return self._pool
+        return await self._reads.caught_up()
+
+    async def _read_group(self, pool: asyncpg.Pool, group: Group, pending: Pending) -> None:
+        """One group's new events (a query per page, whatever the number of subscribers)."""
         rows: list[EventRow] = []
-        async with self._semaphore, self._pool.acquire(timeout=10) as conn:
+        async with self._semaphore, pool.acquire(timeout=10) as conn:
             if pending.catch_up:
                 rows.extend(await self._group_rows(conn, group, None))
             if pending.names(group):
@@ -596,12 +613,13 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
         state = request.app[API_STATE]
         hub = request.app[STREAM_HUB]
 
+        info = await token_info(request, token, state.tokens)
+        # After the token, as the endpoints' parameters; the filters parsed as theirs.
+        filters = parse_filters(request.query)
+        resume_id = parse_resume(request)
+        roots = info.root_account_ids
+
         async def work(conn: Conn) -> Opened:
-            info = await authenticate(conn, token, state.tokens)
-            # After the token, as the endpoints' parameters; the filters parsed as theirs.
-            filters = parse_filters(request.query)
-            resume_id = parse_resume(request)
-            roots = info.root_account_ids
             key = await target.resolve(conn, raw, roots)
             if key is None or not await target.known(conn, key, roots):
                 raise not_found()
@@ -619,13 +637,13 @@ def stream_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Stre
                 start = await latest_position(conn, column, key, roots, LATE_SLACK)
             return Opened(key, roots, resume, start, filters)
 
-        opened = await with_database(request, work)
+        opened = await with_database(request, work, read=True)
         if request.method == "HEAD":
             return web.Response(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                          "Cache-Control": "no-store"})  # fmt: skip
-        pool = request.app[RUNTIME].pool
-        assert pool is not None  # with_database answered 503 otherwise
-        await hub.start(pool)
+        runtime = request.app[RUNTIME]
+        assert runtime.pool is not None  # with_database answered 503 otherwise
+        await hub.start(runtime.pool, runtime.reads)
         # Checked and joined with no await between: concurrent requests cannot pass the cap.
         if hub.full():
             hub.metrics.stream_ended.labels("refused_full").inc()
@@ -692,8 +710,11 @@ async def _backfill(
     after: Cursor | None,
 ) -> bool:
     """Send the stored events after `after` (keyset), a page at a time; False if cut off."""
-    pool = request.app[RUNTIME].pool
-    assert pool is not None
+    runtime = request.app[RUNTIME]
+    assert runtime.pool is not None
+    # With a replica: once it has replayed what the hub may already have read from the
+    # primary (a catch-up must not miss what the cleared queue held).
+    pool = runtime.pool if runtime.reads is None else await runtime.reads.caught_up()
     page: Cursor | None = None
     since = _EPOCH if after is None else after.created_at
     while sub.ended is None:

@@ -20,6 +20,11 @@ class Health:
     consumer_error: str | None = None
     #: None without a schema registry; otherwise False while the consumer cannot reach it.
     registry: bool | None = None
+    #: None without a read replica; otherwise whether it answers and is recent enough.
+    replica: bool | None = None
+    #: The replica's last measured lag, and why it is not used (None: it is).
+    replica_lag_s: float | None = None
+    replica_error: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -29,10 +34,11 @@ class Health:
             and self.migrations_ok
             and self.subscribed is not False
             and self.registry is not False
+            and self.replica is not False
         )
 
-    def as_dict(self) -> dict[str, bool | str | None]:
-        return {
+    def as_dict(self) -> dict[str, object]:
+        parts: dict[str, object] = {
             "ready": self.ready,
             "database": self.database_ok and not self.writes_failing,
             "migrations": self.migrations_ok,
@@ -40,3 +46,10 @@ class Health:
             "consumer_error": self.consumer_error,
             "registry": self.registry,
         }
+        if self.replica is not None:
+            parts["replica"] = {
+                "ok": self.replica,
+                "lag_s": self.replica_lag_s,
+                "error": self.replica_error,
+            }
+        return parts

@@ -112,3 +112,18 @@ class Metrics:
             "slow subscribers whose queue overflowed and were caught up from the store",
             registry=r,
         )
+        self.replica_lag = Gauge(
+            "course_audit_replica_lag_seconds",
+            "how far the read replica is behind the primary, at the last check",
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "course_audit_replica_up",
+            "1 while the read replica answers and is within AUDIT_DATABASE_READ_MAX_LAG_S",
+            registry=r,
+        )
+        self.replica_fallback = Counter(
+            "course_audit_replica_fallback",
+            "reads sent to the primary because the read replica was down or too far behind",
+            registry=r,
+        )

@@ -21,6 +21,7 @@ from course_audit.runtime.gc_tuning import tune_gc
 from course_audit.runtime.health import Health
 from course_audit.runtime.http_server import http_site, raise_open_files_limit
 from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.replica import Reads
 from course_audit.runtime.web import RUNTIME, build_app
 from course_audit.store.errors import is_transient
 from course_audit.store.expiry import expire_dead_letters, expire_snapshots
@@ -284,6 +285,7 @@ async def run_roles(
 
     background: list[asyncio.Task[None]] = []
     pools: list[asyncpg.Pool] = []
+    pools_extra: list[asyncpg.Pool] = []  # the read replica's: not watched as the database
     registry: RegistryClient | None = None
     # Each role with its own database role (docs/operations.md#database-roles): one pool
     # per distinct URL.
@@ -296,6 +298,20 @@ async def run_roles(
             pools.append(await open_pool(settings, health, stopping, api_url))
         # Attached before readiness can turn true, so a ready API never answers 503 for it.
         app[RUNTIME].pool = pools[-1]
+        if serve_api and settings.database_read_url:
+            # No connection yet (min_size=0): a replica that is down at start-up delays
+            # nothing; its checks say so (docs/operations.md#read-replicas).
+            replica: asyncpg.Pool = await asyncpg.create_pool(
+                settings.database_read_url,
+                min_size=0,
+                max_size=settings.db_pool_max,
+                command_timeout=60,
+                reset=_keep_session,
+            )
+            pools_extra.append(replica)
+            reads = Reads(pools[-1], replica, settings.database_read_max_lag_s, health, metrics)
+            app[RUNTIME].reads = reads
+            background.append(asyncio.create_task(reads.watch()))
         await prepare_store(settings, pool, health, stopping, create_partitions=consume)
         background.append(asyncio.create_task(_watch_database(pools, health)))
         if not consume:
@@ -324,5 +340,5 @@ async def run_roles(
         await runner.cleanup()
         if registry is not None:
             await registry.close()
-        for pool in pools:
+        for pool in pools + pools_extra:
             await pool.close()

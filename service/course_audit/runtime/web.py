@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from course_audit.config import Settings
 from course_audit.runtime.health import Health
 from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.replica import Reads
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,15 @@ SETTINGS = web.AppKey("settings", Settings)
 class Runtime:
     """Mutable per-process state shared with handlers (the app itself freezes at start)."""
 
-    #: The process's one asyncpg pool, set by the runner once the database has answered.
+    #: The process's asyncpg pool on the primary, set by the runner once the database has
+    #: answered.
     pool: asyncpg.Pool | None = None
+    #: Where the API's reads go (the replica's pool or this one); None: always `pool`.
+    reads: Reads | None = None
+
+    def read_pool(self) -> asyncpg.Pool | None:
+        """The pool for one read: the replica's while it is usable, else the primary's."""
+        return self.pool if self.reads is None else self.reads.pool()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
