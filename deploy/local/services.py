@@ -459,9 +459,8 @@ def _start_postgres_on_a_free_port(bindir: Path, data: Path, pdir: Path, first: 
     raise ServiceError(f"PostgreSQL: the port was taken on each of {PORT_ATTEMPTS} attempts")
 
 
-def stop_postgres(state: Path) -> None:
-    """Stop the server (fast shutdown), keeping its data for a later start."""
-    data = state / "postgres" / "data"
+def _stop_cluster(data: Path, name: str) -> None:
+    """Stop the cluster in `data` if it runs (fast shutdown), keeping its data."""
     if read_pid(data / "postmaster.pid") is not None:
         subprocess.run(
             as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
@@ -470,7 +469,12 @@ def stop_postgres(state: Path) -> None:
             stdout=subprocess.DEVNULL,
             timeout=90,
         )  # fmt: skip
-        log("PostgreSQL stopped")
+        log(f"{name} stopped")
+
+
+def stop_postgres(state: Path) -> None:
+    """Stop the server (fast shutdown), keeping its data for a later start."""
+    _stop_cluster(state / "postgres" / "data", "PostgreSQL")
 
 
 def start_postgres(state: Path) -> str:
@@ -572,16 +576,7 @@ def start_standby(state: Path, primary_url: str) -> str:
 
 def stop_standby(state: Path) -> None:
     """Stop the standby (fast shutdown); `start_standby_again` starts it on its port."""
-    data = state / "standby" / "data"
-    if read_pid(data / "postmaster.pid") is not None:
-        subprocess.run(
-            as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
-                        "-t", "60", "stop"]),
-            check=False,
-            stdout=subprocess.DEVNULL,
-            timeout=90,
-        )  # fmt: skip
-        log("PostgreSQL standby stopped")
+    _stop_cluster(state / "standby" / "data", "PostgreSQL standby")
 
 
 def start_standby_again(state: Path) -> int:
