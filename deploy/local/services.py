@@ -70,6 +70,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free at this moment (held open together while picked,
+    so two listeners of one server never get the same port)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -229,7 +244,7 @@ def start_kafka(state: Path) -> str:
     provision_kafka()
     for attempt in range(1, PORT_ATTEMPTS + 1):
         try:
-            return _start_kafka_on(kdir, free_port(), free_port())
+            return _start_kafka_on(kdir, *free_ports(2))
         except PortTaken as exc:
             log(f"{exc}; starting again on new ports (attempt {attempt} of {PORT_ATTEMPTS})")
     raise ServiceError(f"Kafka: a port was taken on each of {PORT_ATTEMPTS} attempts")
@@ -278,9 +293,10 @@ def start_secured_kafka(kdir: Path, secured: Secured) -> dict[str, str]:
     free ports; return each listener's `127.0.0.1:port`. Stop it with `stop_kafka(kdir)`."""
     provision_kafka()
     for attempt in range(1, PORT_ATTEMPTS + 1):
-        ports = {"SASL_SSL": free_port(), "SSL": free_port()}
+        broker, controller, sasl_ssl, ssl = free_ports(4)
+        ports = {"SASL_SSL": sasl_ssl, "SSL": ssl}
         try:
-            plaintext = _start_kafka_on(kdir, free_port(), free_port(), secured, ports)
+            plaintext = _start_kafka_on(kdir, broker, controller, secured, ports)
         except PortTaken as exc:
             log(f"{exc}; starting again on new ports (attempt {attempt} of {PORT_ATTEMPTS})")
             continue
