@@ -101,13 +101,25 @@ class Report:
     # Peak resident memory (VmHWM, MiB) of the service processes the benchmark started,
     # by role ("consume", "serve", "run"): the largest over the benchmark's runs.
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
+    # The tables the benchmark printed, as data (title, header, rows), so that one run's
+    # bench-results/summary.md can show them all (tests/bench/summary.py).
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    # Wall time of the whole benchmark (load, runs, baselines), set by run.py.
+    wall_s: float | None = None
+
+    def table(self, title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+        """`table`, also kept in the result file."""
+        self.tables.append(
+            {"title": title, "header": list(header), "rows": [list(r) for r in rows]}
+        )
+        return table(title, header, rows)
 
     def note_rss(self, role: str, mib: float | None) -> None:
         if mib is not None:
             self.peak_rss_mib[role] = max(self.peak_rss_mib.get(role, 0.0), round(mib, 1))
 
     def rss_table(self) -> str:
-        return table(
+        return self.table(
             f"peak RSS of the service processes ({self.name})",
             ["process", "peak RSS MiB"],
             [[role, mib] for role, mib in sorted(self.peak_rss_mib.items())],
@@ -128,6 +140,8 @@ class Report:
             "targets": self.targets,
             "notes": self.notes,
             "peak_rss_mib": self.peak_rss_mib,
+            "wall_s": self.wall_s,
+            "tables": self.tables,
         }
         path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
         return path

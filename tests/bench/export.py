@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from common import Report, median, progress, stop_with_peak_rss, table
+from common import Report, median, progress, stop_with_peak_rss
 from ingest import COPY_COLUMNS, Databases
 
 from course_audit.produce.sample import MIX
@@ -256,7 +256,7 @@ async def bench_export(endpoints: Any, n: int, repeats: int, log_dir: Path) -> R
         "RSS before; the max over the repeats"
     )
     print(
-        table(
+        report.table(
             f"\nexport: {n:,} events of one course, median of {repeats} (growth: max)",
             ["format", "events/s", "MB/s", "RSS growth MB"],
             [[k, v["events_per_s"], v["mb_per_s"], v["rss_growth_mb_max"]] for k, v in med.items()],

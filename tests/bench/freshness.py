@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from common import Report, percentile, progress, stop_with_peak_rss, table
+from common import Report, percentile, progress, stop_with_peak_rss
 from ingest import Databases
 
 from course_audit.model import EVENT_RECORDS
@@ -75,7 +75,7 @@ async def bench_freshness(endpoints: Any, rate: int, seconds: int, log_dir: Path
     }
     report.ratios = {"p99_s": report.medians["p99_s"]}
     print(
-        table(
+        report.table(
             f"\nfreshness: {rate:,} events/s for {seconds}s (achieved {achieved:,.0f}/s), "
             f"{len(latencies)} samples, {missed} not seen within 30 s",
             ["p50 s", "p99 s", "max s"],
@@ -239,7 +239,7 @@ async def bench_replica(
     }
     report.ratios = {"replica_p99_s": report.medians["replica_p99_s"]}
     print(
-        table(
+        report.table(
             f"\nfreshness through a replica: {rate:,} events/s for {seconds}s x {repeats},"
             " reads on the primary vs on a streaming standby (alternated)",
             ["reads on", "p50 s", "p99 s", "max s", "samples", "missed"],

@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from common import Report, median, progress, stop_with_peak_rss, table
+from common import Report, median, progress, stop_with_peak_rss
 from naive import event_row, naive_write_batch_per_row
 
 from course_audit.ingest.consumer import DECODE_YIELD_EVERY
@@ -355,14 +355,14 @@ async def bench_ingest(
         "service_vs_naive": m["service"] / m["naive"],
     }
     print(
-        table(
+        report.table(
             f"\ningest: {n:,} messages, median of {repeats} (events/s)",
             ["variant", "median events/s", "runs"],
             [[k, m[k], ", ".join(f"{r['events_per_s']:,.0f}" for r in v)] for k, v in runs.items()],
         )
     )
     print(
-        table(
+        report.table(
             "",
             ["ratio", "value", "target"],
             [[k, v, report.targets[k]] for k, v in report.ratios.items()],

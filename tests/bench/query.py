@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from common import Report, median, progress, stop_with_peak_rss, table
+from common import Report, median, progress, stop_with_peak_rss
 from ingest import COPY_COLUMNS, Databases
 
 from course_audit.api.params import encode_bookmark
@@ -422,7 +422,7 @@ async def bench_query(
     report.targets["course_deep_api_rps_vs_bare_rps"] = "(reported)"
     report.targets["account_deep_api_rps_vs_bare_rps"] = "(reported)"
     print(
-        table(
+        report.table(
             f"\nquery: {n:,} events, per_page={PER_PAGE}, deep page {depth}, concurrency "
             f"{concurrency}, median of {repeats}",
             ["scenario", "req/s", "p50 ms", "p99 ms"],
@@ -430,7 +430,7 @@ async def bench_query(
         )
     )
     print(
-        table(
+        report.table(
             "",
             ["ratio", "value", "target"],
             [[k, v, report.targets[k]] for k, v in report.ratios.items()],

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from common import progress
+from common import RESULTS, progress
+from summary import write_summary
 
 from harness import provide_services
 
@@ -41,8 +44,11 @@ def main() -> int:
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     log_dir = Path(tempfile.mkdtemp(prefix="course-audit-bench-"))
     progress(f"starting local services; service logs in {log_dir}")
+    run_started = time.monotonic()
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with provide_services() as endpoints:
         for name in chosen:
+            started = time.monotonic()
             if name == "ingest":
                 from ingest import bench_ingest
 
@@ -103,8 +109,16 @@ def main() -> int:
             else:
                 print(f"unknown benchmark {name!r}", file=sys.stderr)
                 return 2
+            report.wall_s = round(time.monotonic() - started, 1)
+            report.parameters.setdefault("quick", quick)
             path = report.write(endpoints.database_url)
-            progress(f"wrote {path}")
+            progress(f"wrote {path} ({report.wall_s / 60:.1f} min)")
+    total = round(time.monotonic() - run_started, 1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "run.json").write_text(
+        json.dumps({"started": when, "quick": quick, "only": chosen, "wall_s": total}) + "\n"
+    )
+    progress(f"whole run {total / 60:.1f} min; tables in {write_summary()}")
     return 0
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from common import Report, median, peak_rss_mib, progress, stop_with_peak_rss, table
+from common import Report, median, peak_rss_mib, progress, stop_with_peak_rss
 from ingest import BATCH, PARTITIONS, Databases, build_messages, prefill
 
 from service_process import ServiceProcess
@@ -335,7 +335,7 @@ async def bench_scaleout(
         "one-consumer rounds), capped at min(cores, partitions) consumers of 1 core each"
     )
     print(
-        table(
+        report.table(
             f"\nscaleout: {n:,} messages on {PARTITIONS} partitions, median of {repeats}, "
             f"{os.cpu_count()} cores",
             [
@@ -362,7 +362,7 @@ async def bench_scaleout(
         )
     )
     print(
-        table(
+        report.table(
             "\nprojection from the one-consumer CPU per event (enough consumers, CPU-bound)",
             ["cores", "events/s"],
             [[int(c), v] for c, v in med["projection_events_per_s"].items()],
@@ -501,7 +501,7 @@ async def bench_api_workers(
         "urls": "first pages of the 5 big courses and the deep account, in turn",
     }
     print(
-        table(
+        report.table(
             f"\nAPI workers (`serve`, AUDIT_API_WORKERS): first pages, {events:,} events, "
             f"concurrency {concurrency}, median of {repeats}, {os.cpu_count()} cores shared "
             "with the load generator and PostgreSQL",

@@ -30,7 +30,7 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from common import Report, percentile, progress, stop_with_peak_rss, table
+from common import Report, percentile, progress, stop_with_peak_rss
 from ingest import Databases
 
 from course_audit.model import EVENT_RECORDS
@@ -374,7 +374,7 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
         "p99_with_idle_over_without": b["p99_s"] / a["p99_s"] if a["p99_s"] else float("nan"),
     }
     print(
-        table(
+        report.table(
             f"\nstream freshness: {rate:,} events/s for {seconds}s, {WATCHED} watched course"
             " streams (produce -> `id:` line on the stream)",
             [
@@ -420,7 +420,7 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
     none_row = [0, results["none_idle_rss_mb"], results["none_idle_cpu_pct"]]
     idle_row = [IDLE_SUBSCRIBERS, results["idle_rss_mb"], results["idle_cpu_pct"]]
     print(
-        table(
+        report.table(
             "\nAPI process (`serve`)",
             ["idle streams", "RSS MB", "CPU % idle", "CPU % producing"],
             [[*none_row, results["busy_cpu_pct_a"]], [*idle_row, results["busy_cpu_pct_b"]]],
