@@ -116,6 +116,29 @@ async def test_jsonl_reads_every_root_account_unless_told(
     assert rc == 0 and [json.loads(x)["id"] for x in out.splitlines()] == [ids["c"], ids["e"]]
 
 
+async def test_filters_as_the_endpoints_take_them(store: tuple[str, dict[str, str]]) -> None:
+    db, ids = store
+
+    async def listed(*flags: str) -> list[str]:
+        rc, out, err = await cli(db, "events", "course", "301", "--format", "jsonl", *flags)
+        assert rc == 0, err
+        return [json.loads(x)["id"] for x in out.splitlines()]
+
+    assert await listed("--user-id", "7") == [ids["a"]]
+    assert await listed("--user-id", "8", "--root-account", "2") == []
+    # Exactly this source: "api\nx" is another one (and, with its control character, not
+    # one a filter can name: see the refusals below).
+    assert await listed("--event-source", "api") == [ids["a"], ids["b"], ids["e"]]
+    assert await listed("--event-type", "created") == []
+    assert await listed("--event-type", "created", "--event-type", "updated") == [
+        ids["a"], ids["b"], ids["c"], ids["e"],
+    ]  # fmt: skip
+    # --limit counts the filtered events: the latest one of the source, not of the course.
+    assert await listed("--event-source", "api", "--limit", "1") == [ids["e"]]
+    rc, out, err = await cli(db, "events", "account", "30", "--user-id", "8")
+    assert rc == 0 and ids["e"] in out and ids["a"] not in out, (out, err)
+
+
 async def test_table_of_an_account_within_a_range(store: tuple[str, dict[str, str]]) -> None:
     db, ids = store
     rc, out, err = await cli(
@@ -151,6 +174,11 @@ async def test_unknown_targets_and_bad_arguments(store: tuple[str, dict[str, str
         (["account", "sis_course_id:X"], "'sis_course_id:X' is not an id (a number)"),
         (["course", "301", "--limit", "0"], "--limit must be 1 to 1,000,000"),
         (["course", "301", "--root-account", "-1"], "--root-account must be a positive"),
+        (["course", "301", "--event-type", "bogus"], "--event-type: 'bogus' is not an event"),
+        (["course", "301", "--user-id", "0"], "--user-id: '0' is out of range"),
+        (["course", "301", "--user-id", "x1"], "--user-id: 'x1' is not a user id"),
+        (["course", "301", "--event-source", ""], "--event-source: empty"),
+        (["course", "301", "--event-source", "api\nx"], "--event-source: 'api\\nx' is not a"),
     ):
         rc, out, err = await cli(db, "events", *args)
         assert (rc, out) == (2, ""), (args, err)

@@ -32,7 +32,7 @@ from course_audit.store.errors import describe, is_data_error
 from course_audit.store.expiry import expire_dead_letters, expire_snapshots
 from course_audit.store.migrate import migrate
 from course_audit.store.partitions import drop_expired, ensure_partitions
-from course_audit.store.queries import EventRow, Window
+from course_audit.store.queries import EventRow, Filters, Window
 from course_audit.store.tokens import create_token, list_tokens, revoke_token
 from course_audit.store.writer import write_batch
 from course_audit.wire.registry import RegistryClient
@@ -360,25 +360,48 @@ async def _write_events(
     key: int,
     roots: list[int],
     window: Window,
+    filters: Filters,
     limit: int | None,
     render: Render,
     out: IO[bytes],
 ) -> int:
     """Write the events, oldest first (with `limit`: the latest `limit`); how many."""
-    from course_audit.store.export import export_chunks, export_query
+    from course_audit.store.export import export_chunks, export_query, filter_extra
 
+    extra = filter_extra(filters)
     if limit is not None:
-        sql, query_args = export_query(column, key, roots, window, descending=True, limit=limit)
+        sql, query_args = export_query(
+            column, key, roots, window, extra=extra, descending=True, limit=limit
+        )
         rows = [EventRow._make(r) for r in await conn.fetch(sql, *query_args)]
         rows.reverse()
         out.write(render(rows))
         return len(rows)
     count = 0
-    async with contextlib.aclosing(export_chunks(conn, column, key, roots, window)) as chunks:
+    chunked = export_chunks(conn, column, key, roots, window, extra=extra)
+    async with contextlib.aclosing(chunked) as chunks:
         async for rows in chunks:
             out.write(render(rows))
             count += len(rows)
     return count
+
+
+def _cli_filters(args: argparse.Namespace) -> Filters:
+    """--event-type/--user-id/--event-source checked as the endpoints check their
+    parameters (docs/api.md#filters); a bad one is a usage error naming the flag."""
+    from course_audit.api.errors import ApiError
+    from course_audit.api.params import parse_event_source, parse_event_types, parse_user_id
+
+    flags = {"event_type": "--event-type", "user_id": "--user-id", "event_source": "--event-source"}
+    try:
+        return Filters(
+            parse_event_types(args.event_types),
+            parse_user_id(args.user_id),
+            parse_event_source(args.event_source),
+        )
+    except ApiError as exc:
+        name, _, rest = str(exc.body["errors"][0]["message"]).partition(": ")
+        raise UsageError(f"{flags.get(name, name)}: {rest}") from None
 
 
 @command
@@ -397,6 +420,7 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         times = parse_window(args.since, args.until, settings.zone, ("--since", "--until"))
     except ApiError as exc:
         raise UsageError(exc.body["errors"][0]["message"]) from None
+    filters = _cli_filters(args)
     if args.limit is not None and not 0 < args.limit <= _LIMIT_MAX:
         raise UsageError(f"--limit must be 1 to {_LIMIT_MAX:,}")
     if args.roots and any(r <= 0 for r in args.roots):
@@ -427,7 +451,7 @@ async def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             count = 0
             if not times.empty:
                 count = await _write_events(
-                    conn, column, key, roots, times.window, args.limit, render, out
+                    conn, column, key, roots, times.window, filters, args.limit, render, out
                 )
             out.flush()
         except BrokenPipeError:

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--root-account", type=int, action="append", dest="roots",
                        help="only events stored under this root account (repeatable; "
                        "default: every root account)")  # fmt: skip
+        p.add_argument("--event-type", action="append", dest="event_types", default=[],
+                       help="only events of this type (repeatable: any of them)")  # fmt: skip
+        p.add_argument("--user-id", help="only changes made by this user")
+        p.add_argument("--event-source", help="only events with exactly this source (e.g. sis)")
         p.add_argument("--format", choices=("table", "jsonl"), default="table",
                        help="an aligned table (default) or one JSON event a line")  # fmt: skip
         p.add_argument("--limit", type=int,
