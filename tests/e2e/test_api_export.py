@@ -585,8 +585,12 @@ async def test_exports_beyond_half_the_pool_get_a_503_and_a_gone_client_frees_it
             30,
             "the export to wait for its client",
         )
+        refused = "course_audit_exports_refused_total"
+        refused_before = await world.api.metric(refused)
+        assert await world.api.metric("course_audit_exports_running") == 1
         busy = await world.api.get(export_path(7001), token=token)
         assert busy.status == 503, busy.body
+        assert await world.api.metric(refused) == (refused_before or 0) + 1
         assert busy.headers["Retry-After"] == "5"
         message = busy.json()["errors"][0]["message"]
         assert message.startswith("1 exports are running, as many as this server runs at once")
@@ -633,6 +637,14 @@ async def test_a_client_that_takes_nothing_is_cut_off_after_the_stall_timeout(
         whole = await api.get(export_path(BIG), token=token, params={"format": "csv"})
         assert whole.status == 200
         assert whole.body.count(b"\r\n") == BIG_EVENTS + 1
+        # This process's metrics: the one cut off and the one that ended (its events all).
+        exports = 'course_audit_exports_total{format="%s",outcome="%s"}'
+        assert await api.metric(exports % ("ndjson", "stalled")) == 1
+        assert await api.metric(exports % ("csv", "finished")) == 1
+        assert await api.metric(exports % ("ndjson", "finished")) is None
+        csv_events = 'course_audit_export_events_total{format="csv"}'
+        assert await api.metric(csv_events) == BIG_EVENTS
+        assert await api.metric("course_audit_exports_running") == 0
     finally:
         if api is not None:
             await api.close()

@@ -247,6 +247,17 @@ class Api:
             self.checker.check(method, _decoded(path), reply.status, reply.headers, body)
         return reply
 
+    async def metric(self, sample: str) -> float | None:
+        """One sample of GET /metrics, named as Prometheus prints it (labels in declaration
+        order, e.g. `x_total{format="csv",outcome="finished"}`); None when absent."""
+        reply = await self.get("/metrics")
+        assert reply.status == 200
+        for line in reply.body.decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+        return None
+
     async def close(self) -> None:
         await self.session.close()
 

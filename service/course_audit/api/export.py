@@ -48,7 +48,7 @@ from course_audit.api.handlers import (
 )
 from course_audit.api.params import TimeRange, last_value, parse_filters, query_window
 from course_audit.api.render import _UTC_OPTIONS, render_events, render_time
-from course_audit.runtime.web import HEALTH, RUNTIME, SETTINGS
+from course_audit.runtime.web import HEALTH, METRICS, RUNTIME, SETTINGS
 from course_audit.store.db import Conn
 from course_audit.store.errors import describe, is_transient
 from course_audit.store.export import event_position, export_chunks, filter_extra
@@ -379,7 +379,14 @@ async def _stream(
             _abandon(request, _Stop("failed", describe(exc)), spec, plan, events, started)
             return resp
         log.info("export finished", extra=_fields(spec, plan, events, started))
+        _count(request, plan, "finished", events)
         return resp
+
+
+def _count(request: web.Request, plan: _Plan, outcome: str, events: int) -> None:
+    metrics = request.app[METRICS]
+    metrics.exports.labels(plan.query.format, outcome).inc()
+    metrics.export_events.labels(plan.query.format).inc(events)
 
 
 def _fields(spec: ExportTarget, plan: _Plan, events: int, started: float) -> dict[str, object]:
@@ -408,6 +415,7 @@ def _abandon(
             transport.close()  # what was written still reaches the client
         else:
             transport.abort()  # the client is gone or takes nothing: drop what is queued
+    _count(request, plan, stop.reason.replace(" ", "_"), events)
     extra = {**_fields(spec, plan, events, started), "reason": stop.reason}
     if stop.error is None:
         log.info("export stopped", extra=extra)
@@ -431,13 +439,17 @@ def export_handler(spec: ExportTarget) -> Callable[[web.Request], Awaitable[web.
         assert pool is not None
         slots = request.app[EXPORT_SLOTS]
         if not slots.take():
+            request.app[METRICS].exports_refused.inc()
             raise unavailable(
                 f"{slots.running} exports are running, as many as this server runs at once; "
                 "try again shortly."
             )
+        running = request.app[METRICS].exports_running
+        running.inc()
         try:
             return await _export(request, pool, info, spec)
         finally:
+            running.dec()
             slots.give_back()
 
     return handle

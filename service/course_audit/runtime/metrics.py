@@ -112,6 +112,26 @@ class Metrics:
             "slow subscribers whose queue overflowed and were caught up from the store",
             registry=r,
         )
+        self.exports_running = Gauge(
+            "course_audit_exports_running", "exports being written now", registry=r
+        )
+        self.exports = Counter(
+            "course_audit_exports",
+            "exports that began answering, by format and how they ended",
+            ["format", "outcome"],
+            registry=r,
+        )
+        self.exports_refused = Counter(
+            "course_audit_exports_refused",
+            "exports answered 503 because this process ran as many as it runs at once",
+            registry=r,
+        )
+        self.export_events = Counter(
+            "course_audit_export_events",
+            "events of the chunks exports wrote in full (ended or cut short), by format",
+            ["format"],
+            registry=r,
+        )
         self.replica_lag = Gauge(
             "course_audit_replica_lag_seconds",
             "how far the read replica is behind the primary, at the last check",
