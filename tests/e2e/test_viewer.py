@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -46,7 +45,7 @@ from viewer_support import (
     rows_are,
     set_date,
     shot,
-    viewer_session,
+    viewer_fixture,
     wait_for,
     who,
 )
@@ -54,13 +53,7 @@ from viewer_support import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-async def viewer(
-    server_url: str, migrated_template: str, kafka_bootstrap: str, tmp_path_factory: Any
-) -> AsyncIterator[Viewer]:
-    log_dir: Path = tmp_path_factory.mktemp("viewer")
-    async with viewer_session(server_url, migrated_template, kafka_bootstrap, log_dir) as v:
-        yield v
+viewer = viewer_fixture("viewer")
 
 
 # ------------------------------------------------------------------ the page itself

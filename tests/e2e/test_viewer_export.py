@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,14 @@ from viewer_support import (
     rows_are,
     shot,
     status_says,
-    viewer_session,
+    viewer_fixture,
     wait_for,
 )
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-async def viewer(
-    server_url: str, migrated_template: str, kafka_bootstrap: str, tmp_path_factory: Any
-) -> AsyncIterator[Viewer]:
-    log_dir: Path = tmp_path_factory.mktemp("viewer-export")
-    async with viewer_session(server_url, migrated_template, kafka_bootstrap, log_dir) as v:
-        yield v
+viewer = viewer_fixture("viewer-export")
 
 
 def oldest_first(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,8 +6,6 @@ Same stack, data and helpers as test_viewer.py (viewer_support.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,20 +22,14 @@ from viewer_support import (
     open_page,
     rows_are,
     shot,
-    viewer_session,
+    viewer_fixture,
     wait_for,
 )
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-async def viewer(
-    server_url: str, migrated_template: str, kafka_bootstrap: str, tmp_path_factory: Any
-) -> AsyncIterator[Viewer]:
-    log_dir: Path = tmp_path_factory.mktemp("viewer-filters")
-    async with viewer_session(server_url, migrated_template, kafka_bootstrap, log_dir) as v:
-        yield v
+viewer = viewer_fixture("viewer-filters")
 
 
 def tick(d: Any, *types: str) -> None:

@@ -7,9 +7,7 @@ Same stack, data and helpers as test_viewer.py (viewer_support.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +28,7 @@ from viewer_support import (
     row_cells,
     rows_are,
     shot,
-    viewer_session,
+    viewer_fixture,
     wait_for,
     who,
 )
@@ -38,13 +36,7 @@ from viewer_support import (
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-async def viewer(
-    server_url: str, migrated_template: str, kafka_bootstrap: str, tmp_path_factory: Any
-) -> AsyncIterator[Viewer]:
-    log_dir: Path = tmp_path_factory.mktemp("viewer-live")
-    async with viewer_session(server_url, migrated_template, kafka_bootstrap, log_dir) as v:
-        yield v
+viewer = viewer_fixture("viewer-live")
 
 
 async def test_live_tail_prepends_new_events(viewer: Viewer) -> None:

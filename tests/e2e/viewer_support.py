@@ -183,6 +183,21 @@ async def viewer_session(
             driver.quit()
 
 
+def viewer_fixture(folder: str) -> Any:
+    """A test module's `viewer` fixture: a session of its own (module scope; its logs under
+    `folder`), so that one module's events never change another's expectations."""
+
+    @pytest.fixture(scope="module")
+    async def viewer(
+        server_url: str, migrated_template: str, kafka_bootstrap: str, tmp_path_factory: Any
+    ) -> AsyncIterator[Viewer]:
+        log_dir: Path = tmp_path_factory.mktemp(folder)
+        async with viewer_session(server_url, migrated_template, kafka_bootstrap, log_dir) as v:
+            yield v
+
+    return viewer
+
+
 # ------------------------------------------------------------------ page helpers
 
 
