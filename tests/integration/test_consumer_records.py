@@ -94,6 +94,36 @@ async def test_batches_of_every_codec_are_consumed(
     ]
 
 
+async def test_a_decompression_bomb_is_a_dead_letter_and_the_partition_goes_on(
+    migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str
+) -> None:
+    """80 MiB of zeros in one record: a few KB of zstd, which the broker accepts; read without
+    the bound, the consumer would hold all of it (and again after every restart)."""
+    world = World.build(seed=33, courses=3)
+    before = encode(sample_event(world, "published", NOW - timedelta(hours=2)))
+    after = encode(sample_event(world, "concluded", NOW - timedelta(hours=1)))
+    bomb = batch_bytes([Rec(b"x"), Rec(bytes(80 << 20), key=b"bomb")], codec=ZSTD)
+    assert len(bomb) < 100_000
+    await produce(kafka_bootstrap, topic, [before], partition=2)
+    assert await produce_batch(kafka_bootstrap, topic, 2, bomb) == 1
+    await produce(kafka_bootstrap, topic, [after], partition=2)
+    settings = settings_for(migrated_db_url, kafka_bootstrap, topic, group_id)
+    async with running_ingestor(settings) as ingestor:
+        await until_counts(migrated_db_url, 2, 1)
+        assert ingestor.health.subscribed is True
+    (row,) = await fetch(
+        migrated_db_url,
+        'SELECT "partition", "offset", value, error_code, error_message FROM dead_letters',
+    )
+    assert (row["partition"], row["offset"], row["error_code"]) == (2, 2, "unreadable_record")
+    assert row["error_message"] == (
+        "record batch: it decompresses to more than 67,108,864 bytes; nothing could be read of "
+        "offsets 1-2, the raw bytes are kept"
+    )
+    # The compressed batch as it came from the broker (its base offset rewritten), not 80 MiB.
+    assert len(row["value"]) == len(bomb)
+
+
 @pytest.mark.parametrize("codec", [0, ZSTD], ids=["uncompressed", "zstd"])
 async def test_header_name_not_utf8_is_a_dead_letter_and_its_neighbours_are_stored(
     migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str, codec: int

@@ -206,6 +206,77 @@ def test_data_that_does_not_decompress_makes_the_batch_one_range(codec: int, rea
     assert next_offset == 3
 
 
+@pytest.mark.parametrize("codec", [GZIP, SNAPPY, LZ4, ZSTD])
+def test_a_batch_that_decompresses_beyond_the_bound_is_one_range(
+    codec: int, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decompression bomb: a few KB that hold more than MAX_DECOMPRESSED. The batches on
+    either side of it in the same fetch are read as usual."""
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED", 1 << 20)
+    bomb = batch_bytes([Rec(b"k" * 10), Rec(bytes(3 << 20)), Rec(b"z")], base_offset=3, codec=codec)
+    assert len(bomb) < 200_000  # 3 MiB of zeros, compressed
+    data = (
+        batch_bytes(GOOD, codec=codec)
+        + bomb
+        + batch_bytes([Rec(b"after")], base_offset=6, codec=codec)
+    )
+    got, next_offset = consume(data)
+    assert summary(got) == [
+        *summary(consume(batch_bytes(GOOD))[0]),
+        (5, None, ("unreadable", bomb), []),
+        (6, None, b"after", []),
+    ]
+    assert list(reasons(got)) == [
+        "record batch: it decompresses to more than 1,048,576 bytes; nothing could be read of "
+        "offsets 3-5, the raw bytes are kept"
+    ]
+    assert next_offset == 7
+
+
+@pytest.mark.parametrize("codec", [GZIP, SNAPPY, LZ4, ZSTD])
+def test_a_batch_of_exactly_the_bound_reads(
+    codec: int, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = bytes(range(256)) * 2000
+    plain = batch_bytes([Rec(value), Rec(b"v")])
+    body_size = len(plain) - 61  # the records, as the batch holds them uncompressed
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED", body_size)
+    got, next_offset = consume(batch_bytes([Rec(value), Rec(b"v")], codec=codec))
+    assert summary(got) == [(0, None, value, []), (1, None, b"v", [])]
+    assert next_offset == 2
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED", body_size - 1)
+    got, _ = consume(batch_bytes([Rec(value), Rec(b"v")], codec=codec))
+    assert [r.offset for r in got] == [1] and isinstance(got[0].value, Unreadable)
+
+
+def test_raw_snappy_is_measured_by_its_declared_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snappy without the xerial framing (some clients send it so): one raw block."""
+    import cramjam
+
+    body = b"".join(record_bytes(i, Rec(bytes(5000))) for i in range(2))
+    data = batch_bytes(
+        [Rec(b"")] * 2, codec=SNAPPY, compressed=bytes(cramjam.snappy.compress_raw(body))
+    )
+    got, _ = consume(data)
+    assert [r.value for r in got] == [bytes(5000)] * 2
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED", len(body) - 1)
+    got, _ = consume(data)
+    assert [r.offset for r in got] == [1] and isinstance(got[0].value, Unreadable)
+
+
+def test_gzip_of_several_members_reads_and_counts_them_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    body = b"".join(record_bytes(i, Rec(bytes([65 + i]) * 1000)) for i in range(3))
+    members = gzip.compress(body[:1500]) + gzip.compress(body[1500:])
+    data = batch_bytes([Rec(b"")] * 3, codec=GZIP, compressed=members)
+    got, _ = consume(data)
+    assert [r.value for r in got] == [b"A" * 1000, b"B" * 1000, b"C" * 1000]
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED", len(body) - 1)
+    got, _ = consume(data)
+    assert [r.offset for r in got] == [2] and isinstance(got[0].value, Unreadable)
+
+
 def test_without_the_codec_library_a_batch_is_one_range_not_a_crash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -52,6 +52,10 @@ CONTROL_MASK = 0x20
 CODECS = {1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 #: At most this many bytes of a bad header name are quoted in a reason.
 QUOTE_BYTES = 64
+#: A compressed batch whose records take more than this once decompressed is unreadable
+#: (docs/messages.md#unreadable-records): a few KB of zstd can hold gigabytes of zeros, and
+#: aiokafka would allocate them all, at the same offset after every restart.
+MAX_DECOMPRESSED = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +212,13 @@ def read_batch(raw: bytes) -> Any:
         return damaged_batch(raw, "its CRC does not match its bytes (damaged in storage)")
     if attributes & CONTROL_MASK:
         return batch  # written by the broker; aiokafka reads its markers itself
+    codec = attributes & CODEC_MASK
+    if codec:
+        # Measured first, into a buffer of the bound: aiokafka decompresses without one.
+        try:
+            decompressed_size(codec, raw[HEADER_SIZE:])
+        except _Broken as exc:
+            return damaged(base_offset, last_delta, raw, str(exc))
     try:
         records = list(batch)
     except Exception as exc:
@@ -365,11 +376,8 @@ def _nullable_bytes(buf: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
 def _decompress(codec: int, data: bytes) -> bytes:
     if codec == 0:
         return data
-    name = CODECS.get(codec)
-    if name is None:
-        raise _Broken(f"its compression codec ({codec}) is unknown")
-    if not getattr(codecs, f"has_{name}")():
-        raise _Broken(f"no library for its compression codec ({name}) is installed")
+    name = _codec_name(codec)
+    decompressed_size(codec, data)
     decode = {
         1: codecs.gzip_decode,
         2: codecs.snappy_decode,
@@ -380,6 +388,100 @@ def _decompress(codec: int, data: bytes) -> bytes:
         return bytes(decode(bytes(data)))
     except Exception as exc:
         raise _Broken(f"it does not decompress with {name}: {exc!r}") from exc
+
+
+def _codec_name(codec: int) -> str:
+    name = CODECS.get(codec)
+    if name is None:
+        raise _Broken(f"its compression codec ({codec}) is unknown")
+    if not getattr(codecs, f"has_{name}")():
+        raise _Broken(f"no library for its compression codec ({name}) is installed")
+    return name
+
+
+_scratch: bytearray | None = None
+
+
+def decompressed_size(codec: int, data: bytes, limit: int | None = None) -> int:
+    """How many bytes a batch body compressed with `codec` holds, found without ever holding
+    more than `limit` (default MAX_DECOMPRESSED) of them; raises _Broken when it holds more,
+    or does not decompress.
+
+    lz4 and zstd decompress into one reused buffer of `limit` bytes (they stop where it ends;
+    its pages are only touched as far as the largest batch reached), gzip through zlib's
+    bounded decompressor; snappy declares each block's length up front.
+    """
+    global _scratch
+    limit = MAX_DECOMPRESSED if limit is None else limit
+    name = _codec_name(codec)
+    too_big = _Broken(f"it decompresses to more than {limit:,} bytes")
+    try:
+        if codec == 1:
+            return _gzip_size(data, limit, too_big)
+        if codec == 2:
+            return _snappy_size(data, limit, too_big)
+        if _scratch is None or len(_scratch) != limit:
+            _scratch = bytearray(limit)
+        import cramjam
+
+        module = cramjam.lz4 if codec == 3 else cramjam.zstd
+        return int(module.decompress_into(bytes(data), memoryview(_scratch)))
+    except _Broken:
+        raise
+    except Exception as exc:
+        if "failed to write whole buffer" in str(exc):
+            raise too_big from None
+        raise _Broken(f"it does not decompress with {name}: {exc!r}") from exc
+
+
+def _gzip_size(data: bytes, limit: int, too_big: _Broken) -> int:
+    import zlib
+
+    total, rest = 0, bytes(data)
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # one gzip member
+        total += len(inflater.decompress(rest, limit - total + 1))
+        if total > limit or inflater.unconsumed_tail:
+            raise too_big
+        if not inflater.eof:
+            raise _Broken("it does not decompress with gzip: the stream ends early")
+        rest = inflater.unused_data
+    return total
+
+
+def _snappy_size(data: bytes, limit: int, too_big: _Broken) -> int:
+    """Raw snappy, or Kafka's xerial framing (a 16-byte header, then blocks of a 4-byte length
+    and raw snappy): the sum of the lengths each raw block declares up front, in the varint
+    that snappy decoders allocate by and check the output against; nothing is decompressed."""
+    if not codecs._detect_xerial_stream(data):  # as aiokafka's snappy_decode decides
+        return _snappy_declared(data, 0, len(data), limit, too_big)
+    total, pos = 0, 16
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise _Broken("it does not decompress with snappy: a block length is cut off")
+        (size,) = struct.unpack_from(">i", data, pos)
+        pos += 4
+        if size < 0 or pos + size > len(data):
+            raise _Broken("it does not decompress with snappy: a block runs past the batch")
+        total += _snappy_declared(data, pos, pos + size, limit - total, too_big)
+        pos += size
+    return total
+
+
+def _snappy_declared(data: bytes, pos: int, end: int, limit: int, too_big: _Broken) -> int:
+    length = shift = 0
+    while True:
+        if pos >= end or shift > 28:
+            raise _Broken("it does not decompress with snappy: no length at a block's start")
+        byte = data[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    if length > limit:
+        raise too_big
+    return length
 
 
 def _last_offset_delta(raw: bytes) -> int:
