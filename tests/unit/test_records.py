@@ -360,6 +360,29 @@ def test_legacy_messages_read_as_aiokafka_reads_them(magic: int) -> None:
     assert next_offset == 2
 
 
+@pytest.mark.parametrize("magic", [0, 1])
+def test_a_legacy_message_set_beyond_the_bound_is_one_range(
+    magic: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builder = legacy_records.LegacyRecordBatchBuilder(magic, GZIP, 1 << 24)
+    for offset in range(2):
+        builder.append(
+            offset, timestamp=None if magic == 0 else 1000, key=None, value=bytes(1 << 20)
+        )
+    data = bytes(builder.build())
+    got, _ = consume(data)
+    assert [r.value for r in got] == [bytes(1 << 20)] * 2
+    monkeypatch.setattr(records, "MAX_DECOMPRESSED", 1 << 20)
+    got, next_offset = consume(data)
+    # At the wrapper's offset (a broker writes the last inner one there; aiokafka's builder 0).
+    assert next_offset == 1
+    assert [(r.offset, type(r.value).__name__) for r in got] == [(0, "Unreadable")]
+    assert next(reasons(got)) == (
+        f"record batch: legacy message set (magic {magic}): it decompresses to more than "
+        "1,048,576 bytes; nothing could be read of offset 0, the raw bytes are kept"
+    )
+
+
 def test_a_damaged_legacy_message_is_one_range_and_the_next_is_read() -> None:
     data = bytearray(_legacy(1))
     data[data.index(b"v0")] = ord("V")  # under the message's CRC

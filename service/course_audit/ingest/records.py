@@ -519,8 +519,25 @@ def _read_legacy(raw: bytes, magic: int, base_offset: int) -> Any:
         batch = legacy_records.LegacyRecordBatch(raw, magic)
         if not batch.validate_crc():
             raise ValueError("its CRC does not match its bytes")
+        compressed = _legacy_compressed(raw, magic)
+        if compressed is not None:
+            decompressed_size(*compressed)  # bounded, as for v2 batches
         records = list(batch)
     except Exception as exc:
         return damaged(base_offset, 0, raw, f"legacy message set (magic {magic}): {exc}")
     last = records[-1].offset if records else base_offset
     return Batch(base_offset, last + 1, records)
+
+
+def _legacy_compressed(raw: bytes, magic: int) -> tuple[int, bytes] | None:
+    """The codec and compressed value of a v0/v1 wrapper message (offset, size, crc, magic,
+    attributes, v1's timestamp, key, value); None when it is not compressed."""
+    codec = raw[17] & CODEC_MASK
+    if not codec:
+        return None
+    pos = 18 + (8 if magic == 1 else 0)
+    (key_size,) = struct.unpack_from(">i", raw, pos)
+    pos += 4 + max(key_size, 0)
+    (value_size,) = struct.unpack_from(">i", raw, pos)
+    pos += 4
+    return codec, raw[pos : pos + max(value_size, 0)]
