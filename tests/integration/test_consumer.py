@@ -396,6 +396,68 @@ async def test_confluent_framing_through_a_registry(
     assert sorted(stub.requests) == sorted([*ids.values(), 999])
 
 
+async def test_dlq_replay_gives_up_on_an_unreachable_registry_and_says_so(
+    migrated_db_url: str, tmp_path: Path
+) -> None:
+    """An operator's command: it must end, not wait for the registry for ever (the consumer
+    does wait: it holds messages it must not drop)."""
+    import asyncio
+    import os
+    import sys
+
+    import asyncpg
+
+    from course_audit.model import DeadLetter, ErrorCode, Source
+    from course_audit.store.writer import write_dead_letters
+    from registry_stub import RegistryStub
+
+    name = EVENT_RECORDS["published"]
+    _, datum = ENCODER.event_from_json(
+        sample_event(World.build(seed=21, courses=1), "published", NOW)
+    )
+    value = ENCODER.encode_confluent(77, name, datum)
+    letter = DeadLetter(
+        source=Source("t", 0, 5, None, value, ()),
+        code=ErrorCode.UNKNOWN_SCHEMA,
+        message="schema id 77 not found",
+        failed_at=NOW,
+    )
+    conn = await asyncpg.connect(migrated_db_url)
+    try:
+        await write_dead_letters(conn, [letter])
+    finally:
+        await conn.close()
+
+    async def replay(url: str) -> tuple[int | None, str]:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "course-audit"), "dlq", "replay",
+            env={**os.environ, "AUDIT_DATABASE_URL": migrated_db_url,
+                 "AUDIT_SCHEMA_REGISTRY_URL": url, "AUDIT_LOG_FORMAT": "text"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await within(proc.communicate(), 90, "`dlq replay` to end")
+        return proc.returncode, out.decode() + err.decode()
+
+    async with RegistryStub() as stub:
+        stub.failures = 1000  # every answer a 503
+        code, output = await replay(stub.url)
+        assert code == 1, output
+        assert (
+            f"course-audit: schema registry {stub.url}: fetching schema id 77 failed: HTTP 503"
+        ) in output
+        assert "(gave up after 5 attempts); 0 of 1 dead letter(s) replayed before it" in output
+        assert len(stub.requests) == 5
+        rows = await fetch(
+            migrated_db_url, "SELECT error_code, replayed_at FROM course_audit_dead_letters"
+        )
+        assert [(r["error_code"], r["replayed_at"]) for r in rows] == [("unknown_schema", None)]
+        # Once it answers, the same command stores the event.
+        stub.failures = 0
+        stub.register(77, ENCODER.schema_json(name))
+        code, output = await replay(stub.url)
+        assert code == 0 and "stored 1, still failing 0" in output, output
+
+
 async def test_retention_old_events_are_dead_lettered_and_expired_partitions_dropped(
     migrated_db_url: str, kafka_bootstrap: str, topic: str, group_id: str
 ) -> None:

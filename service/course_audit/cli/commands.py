@@ -21,6 +21,7 @@ from course_audit.ingest.admit import Admission
 from course_audit.ingest.decode import Decoder
 from course_audit.kafka_check import KafkaUnavailable
 from course_audit.model import ErrorCode, Event, Rejection
+from course_audit.retry import Backoff
 from course_audit.store.db import Conn
 from course_audit.store.dead_letters import (
     StoredDeadLetter,
@@ -35,7 +36,7 @@ from course_audit.store.partitions import drop_expired, ensure_partitions
 from course_audit.store.queries import EventRow, Filters, Window
 from course_audit.store.tokens import create_token, list_tokens, revoke_token
 from course_audit.store.writer import write_batch
-from course_audit.wire.registry import RegistryClient
+from course_audit.wire.registry import RegistryClient, RegistryUnavailable
 from course_audit.wire.schemas import SchemaCatalog
 
 
@@ -224,9 +225,21 @@ async def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+#: `dlq replay` is run by a person, not a supervisor: it asks an unreachable registry five
+#: times over about 8 s (5 s per request at most), then says so, rather than waiting for ever.
+REPLAY_REGISTRY_RETRY = Backoff(first=0.5, cap=4.0, max_attempts=5)
+REPLAY_REGISTRY_TIMEOUT_S = 5.0
+
+
 @command
 async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
-    registry = RegistryClient.from_settings(settings) if settings.schema_registry_url else None
+    registry = (
+        RegistryClient.from_settings(
+            settings, retry=REPLAY_REGISTRY_RETRY, request_timeout=REPLAY_REGISTRY_TIMEOUT_S
+        )
+        if settings.schema_registry_url
+        else None
+    )
     decoder = Decoder(SchemaCatalog(settings.schema_dirs), registry)
     stored = still_failing = 0
     try:
@@ -234,7 +247,17 @@ async def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
             rows = await _selected_dead_letters(conn, args)
             admission = Admission.at(datetime.now(UTC), settings.retention_months)
             for row in rows:
-                decoded = await decoder.decode(row.letter.source.value)
+                try:
+                    decoded = await decoder.decode(row.letter.source.value)
+                except RegistryUnavailable as exc:
+                    print(
+                        f"course-audit: {exc}; {stored + still_failing} of {len(rows)} dead"
+                        f" letter(s) replayed before it (stored {stored}, still failing"
+                        f" {still_failing}), the rest untouched: run `dlq replay` again once the"
+                        " registry answers",
+                        file=sys.stderr,
+                    )
+                    return 1
                 admitted = admission.admit(decoded, row.letter.source)
                 if isinstance(admitted, Event):
                     failure = await _replay_event(conn, row.id, admitted)
