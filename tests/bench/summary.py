@@ -23,7 +23,8 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table(title: str, header: list[Any], rows: list[list[Any]]) -> str:
-    lines = [f"**{title.strip()}**", "", "| " + " | ".join(_cell(h) for h in header) + " |"]
+    lines = [f"**{title.strip()}**", ""] if title.strip() else []
+    lines.append("| " + " | ".join(_cell(h) for h in header) + " |")
     lines.append("|" + "---|" * len(header))
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -34,7 +35,8 @@ def _section(doc: dict[str, Any]) -> str:
     wall = doc.get("wall_s")
     head = f"### {name}\n\n{doc['when']}" + (f", {wall / 60:.1f} min" if wall else "")
     parts = [head]
-    if doc.get("ratios"):
+    printed = any(t["header"][:1] == ["ratio"] for t in doc.get("tables", []))
+    if doc.get("ratios") and not printed:
         targets = doc.get("targets", {})
         parts.append(
             markdown_table(
