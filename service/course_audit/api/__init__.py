@@ -33,7 +33,7 @@ from course_audit.api.render import UTC_NAMES
 from course_audit.api.snapshots import SnapshotTexts
 from course_audit.api.stream import install_stream
 from course_audit.runtime.metrics import Metrics
-from course_audit.runtime.web import METRICS, SETTINGS
+from course_audit.runtime.web import HEALTH, METRICS, SETTINGS
 from course_audit.viewer import install_viewer
 
 ANNOUNCEMENTS = web.AppKey("announcements", Announcements)
@@ -61,7 +61,8 @@ def install_api(app: web.Application) -> None:
     )
     # Snapshot changes announced by the store: pages skip the version check while they are
     # applied (docs/design.md#snapshot-caches).
-    announcements = Announcements(settings, texts, metrics)
+    health = app[HEALTH]
+    announcements = Announcements(settings, texts, metrics, lambda: health.migrations_ok)
     app[ANNOUNCEMENTS] = announcements
     app.on_startup.append(announcements.start)
     app.on_shutdown.append(announcements.close)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,9 @@ PING_S = 10.0
 #: Reconnecting: soon, then every 30 s (pages check versions meanwhile).
 BACKOFF = Backoff(first=0.5, cap=30.0, jitter=0.2)
 
+#: How often the schema is looked for at start-up.
+SCHEMA_POLL_S = 0.2
+
 _READ_COUNTER = "SELECT n FROM snapshot_changes"
 
 
@@ -56,8 +60,16 @@ def parse(payload: str) -> tuple[int, dict[str, Any] | None] | None:
 class Announcements:
     """The API process's listener of snapshot changes (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, texts: SnapshotTexts, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        texts: SnapshotTexts,
+        metrics: Metrics,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.settings = settings
+        #: Whether the store's schema is there (the counter is read at each connect).
+        self._ready = ready
         self.texts = texts
         self.metrics = metrics
         self._stop = asyncio.Event()
@@ -105,6 +117,11 @@ class Announcements:
             conn.terminate()
 
     async def _loop(self) -> None:
+        self._set(False)
+        # Not before the migrations are applied (pages are refused until then anyway).
+        while not self._ready():
+            if await wait_or_stop(SCHEMA_POLL_S, self._stop):
+                return
         attempt = 0
         while not self._stop.is_set():
             lost = asyncio.Event()
