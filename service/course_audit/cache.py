@@ -60,6 +60,14 @@ class TtlCache(Generic[K, V]):
             out.append(None if entry is None else entry[1])
         return out
 
+    def discard(self, key: K) -> None:
+        """Forget `key`'s entry, if there is one."""
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+
     def put(self, key: K, value: V) -> None:
         """Keep `value` under `key` (as the newest entry), dropping the oldest when full."""
         entries = self._entries

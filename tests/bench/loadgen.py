@@ -2,7 +2,8 @@
 
     python loadgen.py --urls FILE --concurrency 16 --duration 10 [--warmup 2] [--token T]
 
-Prints one JSON object: requests, errors, seconds, rps, p50_ms, p99_ms, max_ms. Runs in its
+Prints one JSON object: requests, answered (the warm-up's too), errors, seconds, rps, p50_ms,
+p99_ms, max_ms. Runs in its
 own process so the client's CPU is not charged to the server's event loop.
 """
 
@@ -26,6 +27,7 @@ async def _worker(
     record_from: float,
     latencies: list[float],
     errors: list[int],
+    answered: list[int],
 ) -> None:
     while True:
         now = time.perf_counter()
@@ -37,6 +39,7 @@ async def _worker(
             await resp.read()
             status = resp.status
         ended = time.perf_counter()
+        answered[0] += 1
         if started >= record_from:
             if status == 200:
                 latencies.append(ended - started)
@@ -51,6 +54,7 @@ async def run(
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     latencies: list[float] = []
     errors: list[int] = []
+    answered = [0]  # every answer, the warm-up's too (for CPU per request)
     start = time.perf_counter()
     record_from = start + warmup
     stop_at = record_from + duration
@@ -58,7 +62,7 @@ async def run(
         pool = itertools.cycle(urls)
         await asyncio.gather(
             *(
-                _worker(session, pool, headers, stop_at, record_from, latencies, errors)
+                _worker(session, pool, headers, stop_at, record_from, latencies, errors, answered)
                 for _ in range(concurrency)
             )
         )
@@ -71,6 +75,7 @@ async def run(
 
     return {
         "requests": len(latencies),
+        "answered": answered[0],
         "errors": len(errors),
         "seconds": duration,
         "rps": len(latencies) / duration,

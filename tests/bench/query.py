@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 from common import Report, median, progress, stop_with_peak_rss
 from ingest import COPY_COLUMNS, Databases
+from scaleout import cpu_seconds
 
 from course_audit.api.params import encode_bookmark
 from course_audit.produce.sample import MIX
@@ -241,8 +242,15 @@ async def deep_cursor(db_url: str, column: str, key: int, depth: int) -> Cursor:
 
 
 def _loadgen(
-    urls: list[str], token: str | None, concurrency: int, duration: float, tmp: Path
+    urls: list[str],
+    token: str | None,
+    concurrency: int,
+    duration: float,
+    tmp: Path,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
+    """One load generator run; with `server_pid`, also the server's CPU time (utime + stime,
+    /proc/<pid>/stat) per answered request, warm-up included, in µs."""
     url_file = tmp / f"urls-{uuid.uuid4().hex[:6]}.txt"
     url_file.write_text("\n".join(urls) + "\n")
     cmd = [
@@ -259,8 +267,12 @@ def _loadgen(
     ]
     if token:
         cmd += ["--token", token]
+    cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
     result: dict[str, Any] = json.loads(out.stdout)
+    if server_pid is not None and result.get("answered"):
+        used = cpu_seconds(server_pid) - cpu_before
+        result["cpu_us_per_request"] = used / result["answered"] * 1e6
     if result["errors"]:
         raise RuntimeError(f"load generator saw {result['errors']} non-200 answers")
     return result
@@ -392,11 +404,13 @@ async def bench_query(
                     concurrency,
                     duration,
                     log_dir,
+                    api.pid if name.endswith("_api") else bare.pid,
                 )
                 runs[name].append(result)
                 progress(
                     f"  run {r + 1}/{repeats} {name}: {result['rps']:,.0f} req/s, "
-                    f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms"
+                    f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                    f"CPU {result.get('cpu_us_per_request', float('nan')):.0f} µs/request"
                 )
     finally:
         report.note_rss("serve", stop_with_peak_rss(api))
@@ -405,7 +419,10 @@ async def bench_query(
         await dbs.drop(db)
     report.runs = runs
     med = {
-        name: {k: median(run[k] for run in rs) for k in ("rps", "p50_ms", "p99_ms")}
+        name: {
+            k: median(run[k] for run in rs)
+            for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
+        }
         for name, rs in runs.items()
     }
     report.medians = med
@@ -425,8 +442,11 @@ async def bench_query(
         report.table(
             f"\nquery: {n:,} events, per_page={PER_PAGE}, deep page {depth}, concurrency "
             f"{concurrency}, median of {repeats}",
-            ["scenario", "req/s", "p50 ms", "p99 ms"],
-            [[k, v["rps"], v["p50_ms"], v["p99_ms"]] for k, v in med.items()],
+            ["scenario", "req/s", "p50 ms", "p99 ms", "CPU µs/request"],
+            [
+                [k, v["rps"], v["p50_ms"], v["p99_ms"], v["cpu_us_per_request"]]
+                for k, v in med.items()
+            ],
         )
     )
     print(

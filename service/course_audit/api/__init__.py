@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
+from course_audit.api.announcements import Announcements
 from course_audit.api.auth import token_cache
 from course_audit.api.errors import errors_middleware
 from course_audit.api.export import (
@@ -27,9 +30,22 @@ from course_audit.api.handlers import (
     openapi,
 )
 from course_audit.api.render import UTC_NAMES
+from course_audit.api.snapshots import SnapshotTexts
 from course_audit.api.stream import install_stream
-from course_audit.runtime.web import SETTINGS
+from course_audit.runtime.metrics import Metrics
+from course_audit.runtime.web import HEALTH, METRICS, SETTINGS
 from course_audit.viewer import install_viewer
+
+ANNOUNCEMENTS = web.AppKey("announcements", Announcements)
+
+
+def _count_pages(metrics: Metrics) -> Callable[[bool], None]:
+    trusted, checked = metrics.snapshot_trusted.inc, metrics.snapshot_checked.inc
+
+    def count(was_trusted: bool) -> None:
+        (trusted if was_trusted else checked)()
+
+    return count
 
 
 def install_api(app: web.Application) -> None:
@@ -38,7 +54,18 @@ def install_api(app: web.Application) -> None:
     settings = app[SETTINGS]
     # Appended after `observe`, so the request metrics see the statuses of JSON errors.
     app.middlewares.append(errors_middleware)
-    app[API_STATE] = ApiState(token_cache(), settings.zone, settings.time_zone in UTC_NAMES)
+    metrics = app[METRICS]
+    texts = SnapshotTexts(counted=_count_pages(metrics))
+    app[API_STATE] = ApiState(
+        token_cache(), settings.zone, settings.time_zone in UTC_NAMES, texts=texts
+    )
+    # Snapshot changes announced by the store: pages skip the version check while they are
+    # applied (docs/design.md#snapshot-caches).
+    health = app[HEALTH]
+    announcements = Announcements(settings, texts, metrics, lambda: health.migrations_ok)
+    app[ANNOUNCEMENTS] = announcements
+    app.on_startup.append(announcements.start)
+    app.on_shutdown.append(announcements.close)
     app.router.add_get(COURSE_PATH, events_handler(COURSE))
     app.router.add_get(ACCOUNT_PATH, events_handler(ACCOUNT))
     install_stream(app, COURSE_PATH, ACCOUNT_PATH, COURSE, ACCOUNT)

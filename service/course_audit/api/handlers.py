@@ -29,12 +29,13 @@ from course_audit.store.queries import (
     EventRow,
     Filters,
     Linked,
+    PageRows,
     Refs,
     Window,
     account_known,
-    account_page,
+    account_page_rows,
     course_known,
-    course_page,
+    course_page_rows,
     referenced,
     resolve_sis_course,
 )
@@ -139,7 +140,7 @@ async def token_info(request: web.Request, token: str, cache: TokenCache) -> Tok
 
 
 PageQuery = Callable[
-    [Conn, int, Collection[int], Window, Cursor | None, int, Filters], Awaitable[list[EventRow]]
+    [Conn, int, Collection[int], Window, Cursor | None, int, Filters], Awaitable[PageRows]
 ]
 Known = Callable[[Conn, int, Collection[int]], Awaitable[bool]]
 
@@ -177,9 +178,9 @@ async def _account_id(conn: Conn, raw: str, roots: Collection[int]) -> int | Non
 
 #: GET /api/v1/audit/course/courses/{course_id}: one course's events, newest first; the id
 #: may be `sis_course_id:<value>`.
-COURSE = Target("course_id", _course_id, course_page, course_known)
+COURSE = Target("course_id", _course_id, course_page_rows, course_known)
 #: GET /api/v1/audit/course/accounts/{account_id}: events of courses directly in the account.
-ACCOUNT = Target("account_id", _account_id, account_page, account_known)
+ACCOUNT = Target("account_id", _account_id, account_page_rows, account_known)
 
 
 async def _page(
@@ -190,8 +191,8 @@ async def _page(
     query: Query,
     texts: SnapshotTexts,
 ) -> Page:
-    rows = (
-        []
+    rows, changes = (
+        PageRows([], None)
         if query.empty
         else await target.page(
             conn, key, roots, query.window, query.cursor, query.per_page + 1, query.filters
@@ -202,7 +203,8 @@ async def _page(
     has_more = len(rows) > query.per_page
     events = rows[: query.per_page]
     refs = referenced(events)
-    linked = await texts.linked(conn, refs, roots)
+    # `changes`: the snapshot counter the page was read at (docs/design.md#snapshot-caches).
+    linked = await texts.linked(conn, refs, roots, changes)
     return Page(events, has_more, linked, refs)
 
 

@@ -87,6 +87,23 @@ class Metrics:
             "1 while the stream hub LISTENs for stored batches, 0 while it polls the store",
             registry=r,
         )
+        self.snapshot_trusted = Counter(
+            "course_audit_snapshot_cache_trusted",
+            "pages whose linked snapshots were taken from the cache without a version check:"
+            " every snapshot change the page could see had been announced and applied",
+            registry=r,
+        )
+        self.snapshot_checked = Counter(
+            "course_audit_snapshot_cache_checked",
+            "pages whose linked snapshots' versions were checked in the store (not listening,"
+            " or a change the page could see not applied yet)",
+            registry=r,
+        )
+        self.snapshot_listening = Gauge(
+            "course_audit_snapshot_listening",
+            "1 while the API LISTENs for snapshot changes (pages may skip the version check)",
+            registry=r,
+        )
         self.stream_polls = Counter(
             "course_audit_stream_polls",
             "catch-up rounds of the stream hub (after a reconnect, and while polling)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -212,6 +213,12 @@ _EVENT_COLUMNS = (
 )
 
 
+#: The kind of `fetch_snapshots`' extra row: the snapshot counter, in `num_id`.
+CHANGES_KIND = "n"
+#: The page query's column with the snapshot counter (`page_sql(changes=True)`).
+CHANGES_COLUMN = "(SELECT n FROM snapshot_changes) AS changes"
+
+
 # One round trip for all three snapshot kinds of a page, within the token's root accounts
 # ($4): each root account has its own snapshot of an id, and where the token reaches several
 # the newest is shown (docs/api.md#tenancy). Numeric and text ids get columns of their own so
@@ -238,7 +245,13 @@ def _linked_sql(data: bool) -> str:
     )
 
 
-_LINKED = _linked_sql(data=True)
+# The snapshot counter (docs/store.md#snapshot-changes) as of this statement's snapshot, as one
+# more row: the API keeps what it read only if no change it may have missed is newer
+# (api/snapshots.py). Always there, also when no id has a snapshot.
+_CHANGES_ROW = (
+    f"SELECT '{CHANGES_KIND}', n, NULL::text, 0::bigint, '0'::xid, NULL::text FROM snapshot_changes"
+)
+_LINKED = _linked_sql(data=True) + "\nUNION ALL\n" + _CHANGES_ROW
 # The same rows without their data: turning jsonb into text and shipping it is most of the
 # cost of the snapshot query, and an API process already holds most snapshots it shows.
 _LINKED_VERSIONS = _linked_sql(data=False)
@@ -264,9 +277,15 @@ def page_sql(
     cursor: Cursor | None,
     roots: int = 1,
     filters: Filters = NO_FILTERS,
+    *,
+    changes: bool = False,
 ) -> tuple[str, int]:
     """The page query on `column` (course_id or account_id) for a token of `roots` root
     accounts, and its number of parameters.
+
+    With `changes`, every row has one more column, last: the snapshot counter as of the
+    statement's own snapshot (docs/design.md#snapshot-caches), which the API compares with
+    the snapshot changes it has applied to its cache.
 
     $1 is the course or account and $2 the token's root account (or, for several, their
     array): each root account's events are one range of the (column, root_account_id,
@@ -318,13 +337,15 @@ def page_sql(
         f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)}"
         f" ORDER BY created_at DESC, seq DESC LIMIT {MAX_PAGE_ROWS}"
     )
+    extra = f", {CHANGES_COLUMN}" if changes else ""
     if not several and not per_type:
-        return f"SELECT * FROM ({inner}) page LIMIT ${n}", n
+        return f"SELECT *{extra} FROM ({inner}) page LIMIT ${n}", n
     ranges = ["unnest($2::bigint[]) AS r(root)"] if several else []
     if per_type:
         ranges.append(f"unnest(${filtered.types_param}::text[]) AS t(wanted)")
     sql = (
-        f"SELECT page.* FROM {' CROSS JOIN '.join(ranges)} CROSS JOIN LATERAL ({inner}) page"
+        f"SELECT page.*{extra} FROM {' CROSS JOIN '.join(ranges)}"
+        f" CROSS JOIN LATERAL ({inner}) page"
         f" ORDER BY page.created_at DESC, page.seq DESC LIMIT ${n}"
     )
     return sql, n
@@ -376,6 +397,17 @@ async def resolve_sis_course(conn: Conn, sis_course_id: str, roots: Collection[i
     return None if found is None else int(found)
 
 
+class PageRows(NamedTuple):
+    """A page's events and the snapshot counter as of the page query's snapshot (None when
+    the page is empty: no row carried it)."""
+
+    events: list[EventRow]
+    changes: int | None
+
+
+_EVENT_FIELDS = itemgetter(slice(0, len(EventRow._fields)))
+
+
 async def _page(
     conn: Conn,
     column: str,
@@ -392,6 +424,26 @@ async def _page(
     rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit, filters))
     # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
     return list(map(EventRow._make, rows))
+
+
+async def _page_rows(
+    conn: Conn,
+    column: str,
+    key: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
+    filters: Filters,
+) -> PageRows:
+    if not 0 < key <= MAX_ID:
+        return PageRows([], None)
+    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters, changes=True)
+    rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit, filters))
+    # _EVENT_COLUMNS in EventRow's field order, then the counter.
+    return PageRows(
+        list(map(EventRow._make, map(_EVENT_FIELDS, rows))), rows[0][-1] if rows else None
+    )
 
 
 async def course_page(
@@ -420,6 +472,32 @@ async def account_page(
     return await _page(conn, "account_id", account_id, roots, window, cursor, limit, filters)
 
 
+async def course_page_rows(
+    conn: Conn,
+    course_id: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
+    filters: Filters = NO_FILTERS,
+) -> PageRows:
+    """`course_page` with the snapshot counter the page was read at."""
+    return await _page_rows(conn, "course_id", course_id, roots, window, cursor, limit, filters)
+
+
+async def account_page_rows(
+    conn: Conn,
+    account_id: int,
+    roots: Collection[int],
+    window: Window,
+    cursor: Cursor | None,
+    limit: int,
+    filters: Filters = NO_FILTERS,
+) -> PageRows:
+    """`account_page` with the snapshot counter the page was read at."""
+    return await _page_rows(conn, "account_id", account_id, roots, window, cursor, limit, filters)
+
+
 def referenced(events: Sequence[EventRow]) -> Refs:
     """Course, user and page view ids the events refer to, each once, in order of appearance."""
     courses: dict[int, None] = {}
@@ -436,13 +514,28 @@ def referenced(events: Sequence[EventRow]) -> Refs:
     return Refs(list(courses), list(users), list(page_views))
 
 
+async def fetch_snapshots(
+    conn: Conn, refs: Refs, roots: Collection[int]
+) -> tuple[list[SnapshotRow], int]:
+    """Latest snapshots of the given ids within `roots`, with their versions, and the snapshot
+    counter as of the same statement's snapshot, in one round trip."""
+    rows = await conn.fetch(_LINKED, refs.courses, refs.users, refs.page_views, list(roots))
+    snapshots = []
+    changes = 0
+    for r in rows:
+        if r[0] == CHANGES_KIND:
+            changes = r[1]
+        else:
+            snapshots.append(SnapshotRow(*r))
+    return snapshots, changes
+
+
 async def snapshot_rows(conn: Conn, refs: Refs, roots: Collection[int]) -> list[SnapshotRow]:
     """Latest snapshots of the given ids within `roots`, with their versions, in one round
     trip."""
     if not refs:
         return []
-    rows = await conn.fetch(_LINKED, refs.courses, refs.users, refs.page_views, list(roots))
-    return [SnapshotRow(*r) for r in rows]
+    return (await fetch_snapshots(conn, refs, roots))[0]
 
 
 async def snapshot_versions(conn: Conn, refs: Refs, roots: Collection[int]) -> list[asyncpg.Record]:
