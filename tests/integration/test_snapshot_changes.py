@@ -157,13 +157,36 @@ async def test_expiry_announces_the_snapshots_it_deletes(
     assert notes[2:] == [{"n": 3, "c": [1]}, {"n": 4, "u": [5]}]
 
 
-async def test_a_long_list_is_announced_as_all(conn: asyncpg.Connection[Any], heard: Heard) -> None:
+async def test_a_long_list_is_announced_in_pieces(
+    conn: asyncpg.Connection[Any], heard: Heard
+) -> None:
+    """2,001 ids of 10 digits (22 KB of JSON) in one statement: consecutive bumps, each
+    notification under 8,000 bytes, every id once; only a TRUNCATE is "all"."""
     await conn.execute(
         "INSERT INTO users (id, root_account_id, data, as_of)"
         " SELECT g, 1, '{}', now() FROM generate_series(1000000000, 1000002000) g"
     )
-    notes = await heard.count(1, "the big insert")
-    assert notes == [{"n": 1, "all": True}]
+    notes = await heard.count(4, "the big insert's pieces")
+    assert [note["n"] for note in notes] == [1, 2, 3, 4]
+    assert [set(note) for note in notes] == [{"n", "u"}] * 4
+    ids = [i for note in notes for i in note["u"]]
+    assert ids == list(range(1_000_000_000, 1_000_002_001))
+    assert all(len(orjson.dumps(note)) < 7800 for note in notes)
+    await conn.execute("TRUNCATE users")
+    assert (await heard.count(5, "the truncate"))[4] == {"n": 5, "all": True}
+
+
+async def test_one_id_too_long_for_a_notification_is_announced_as_all(
+    conn: asyncpg.Connection[Any], heard: Heard
+) -> None:
+    huge = "v" * 8000
+    await conn.execute(
+        "INSERT INTO page_views (id, root_account_id, data, as_of)"
+        " VALUES ('short', 1, '{}', now()), ($1, 1, '{}', now())",
+        huge,
+    )
+    notes = await heard.count(2, "the two pieces")
+    assert notes == [{"n": 1, "p": ["short"]}, {"n": 2, "all": True}]
 
 
 async def test_concurrent_writers_count_in_commit_order(

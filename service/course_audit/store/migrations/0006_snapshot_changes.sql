@@ -17,14 +17,18 @@ INSERT INTO snapshot_changes (one, n) VALUES (true, 0);
 -- One function for the three tables and four kinds of change. TG_ARGV[0] is the key of the
 -- ids in the notification: c (courses), u (users), p (page views). Ids only, not their root
 -- accounts: a listener forgets an id under every root account, and the list fits twice as
--- many ids into a notification's 8000 bytes. A longer list, or a TRUNCATE, is `"all": true`.
--- A statement that changed no row (an upsert whose newer-wins condition held nowhere)
--- neither bumps nor notifies. Runs as the owner, so that the writer needs no right on the
--- counter (docs/operations.md#database-roles).
+-- many ids into a notification's 8000 bytes. A list too long for one notification goes out in
+-- pieces of at most ~7,000 bytes of ids, each piece a bump of its own (consecutive, within
+-- this transaction): a busy consumer's batch of a thousand new users is a few notifications,
+-- never "forget everything". Only a TRUNCATE, or one id too long for a notification by
+-- itself, is `"all": true`. A statement that changed no row (an upsert whose newer-wins
+-- condition held nowhere) neither bumps nor notifies. Runs as the owner, so that the writer
+-- needs no right on the counter (docs/operations.md#database-roles).
 CREATE FUNCTION course_audit_snapshots_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     ids jsonb;
+    piece jsonb;
     changes bigint;
     payload text;
 BEGIN
@@ -36,18 +40,27 @@ BEGIN
     ELSIF TG_OP = 'DELETE' THEN
         SELECT jsonb_agg(DISTINCT id) INTO ids FROM old_rows;
     ELSE
-        ids := 'true';  -- TRUNCATE: no transition table, every id
-    END IF;
-    IF ids IS NULL THEN
+        -- TRUNCATE: no transition table, every id.
+        UPDATE snapshot_changes SET n = n + 1 WHERE one RETURNING n INTO changes;
+        PERFORM pg_notify('course_audit_snapshots',
+                          jsonb_build_object('n', changes, 'all', true)::text);
         RETURN NULL;
     END IF;
-    UPDATE snapshot_changes SET n = n + 1 WHERE one RETURNING n INTO changes;
-    payload := CASE WHEN jsonb_typeof(ids) = 'array'
-                    THEN jsonb_build_object('n', changes, TG_ARGV[0], ids)::text END;
-    IF payload IS NULL OR octet_length(payload) > 7800 THEN
-        payload := jsonb_build_object('n', changes, 'all', true)::text;
-    END IF;
-    PERFORM pg_notify('course_audit_snapshots', payload);
+    -- NULL (no row changed) has no elements: no bump, no notification.
+    FOR piece IN
+        WITH sized AS (
+            SELECT id, sum(octet_length(id::text) + 1) OVER (ORDER BY ord) AS upto
+              FROM jsonb_array_elements(ids) WITH ORDINALITY AS e(id, ord)
+        )
+        SELECT jsonb_agg(id ORDER BY upto) FROM sized GROUP BY upto / 7000 ORDER BY upto / 7000
+    LOOP
+        UPDATE snapshot_changes SET n = n + 1 WHERE one RETURNING n INTO changes;
+        payload := jsonb_build_object('n', changes, TG_ARGV[0], piece)::text;
+        IF octet_length(payload) > 7800 THEN
+            payload := jsonb_build_object('n', changes, 'all', true)::text;  -- one huge id
+        END IF;
+        PERFORM pg_notify('course_audit_snapshots', payload);
+    END LOOP;
     RETURN NULL;
 END
 $$;
