@@ -266,7 +266,7 @@ def _loadgen(
         "2",
     ]
     if token:
-        cmd += ["--token", token]
+        cmd.append(f"--token={token}")  # a token may begin with "-"
     cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
     result: dict[str, Any] = json.loads(out.stdout)

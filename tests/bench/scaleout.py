@@ -385,7 +385,7 @@ def _run_loadgen(
 ) -> dict[str, Any]:
     url_file = tmp / f"urls-{uuid.uuid4().hex[:6]}.txt"
     url_file.write_text("\n".join(urls) + "\n")
-    cmd = [sys.executable, str(HERE / "loadgen.py"), "--urls", str(url_file), "--token", token]
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--urls", str(url_file), f"--token={token}"]
     cmd += ["--concurrency", str(concurrency), "--duration", str(duration)]
     cmd += ["--warmup", str(warmup)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
