@@ -1,7 +1,10 @@
 """`make bench`: start the local services as `make test` does and run the benchmarks.
 
-python tests/bench/run.py [--quick] [--only ingest,query,freshness,replica,stream,export,scaleout]
-    [--ingest-n N] ...
+python tests/bench/run.py [--quick]
+    [--only ingest,query,bigstore,freshness,replica,stream,export,scaleout] [--ingest-n N] ...
+
+bigstore runs after query so that it compares its pages with that run's 2,000,000-event
+figures (alone, it loads and measures the 2,000,000-event store itself).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import RESULTS, progress
 from summary import write_summary
@@ -23,7 +27,9 @@ from harness import provide_services
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes")
-    parser.add_argument("--only", default="ingest,query,freshness,replica,stream,export,scaleout")
+    parser.add_argument(
+        "--only", default="ingest,query,bigstore,freshness,replica,stream,export,scaleout"
+    )
     parser.add_argument("--ingest-n", type=int, default=None, help="messages (full: 300,000)")
     parser.add_argument("--naive-n", type=int, default=None, help="messages for the naive run")
     parser.add_argument("--repeats", type=int, default=None)
@@ -37,6 +43,9 @@ def main() -> int:
         "--stream-seconds", type=int, default=None, help="each stream freshness phase (full: 30)"
     )
     parser.add_argument("--export-n", type=int, default=None, help="events (full: 1,000,000)")
+    parser.add_argument(
+        "--bigstore-n", type=int, default=None, help="events of the big store (full: 20,000,000)"
+    )
     parser.add_argument("--scaleout-n", type=int, default=None, help="messages (full: 300,000)")
     args = parser.parse_args()
     quick = args.quick
@@ -46,6 +55,7 @@ def main() -> int:
     progress(f"starting local services; service logs in {log_dir}")
     run_started = time.monotonic()
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    done: dict[str, Any] = {}
     with provide_services() as endpoints:
         for name in chosen:
             started = time.monotonic()
@@ -67,6 +77,23 @@ def main() -> int:
                         args.seconds or (2 if quick else 10),
                         args.concurrency,
                         log_dir,
+                    )
+                )
+            elif name == "bigstore":
+                from bigstore import bench_bigstore
+
+                report = asyncio.run(
+                    bench_bigstore(
+                        endpoints,
+                        args.bigstore_n or (2_000_000 if quick else 20_000_000),
+                        args.ingest_n or (20_000 if quick else 300_000),
+                        args.depth or (100 if quick else 1000),
+                        args.repeats or (1 if quick else 2),
+                        args.seconds or (2 if quick else 10),
+                        args.concurrency,
+                        log_dir,
+                        query_report=done.get("query"),
+                        baseline_n=args.query_n or (200_000 if quick else 2_000_000),
                     )
                 )
             elif name == "freshness":
@@ -109,6 +136,7 @@ def main() -> int:
             else:
                 print(f"unknown benchmark {name!r}", file=sys.stderr)
                 return 2
+            done[name] = report
             report.wall_s = round(time.monotonic() - started, 1)
             report.parameters.setdefault("quick", quick)
             path = report.write(endpoints.database_url)
