@@ -236,12 +236,14 @@ async def bench_bigstore(
         report.note_rss("serve", rss)
         runs.update(page_runs)
 
-        # Ingest: the same messages on an empty store and on the big one, interleaved.
-        topic = f"bench-bigstore-{uuid.uuid4().hex[:8]}"
-        progress(f"bigstore: encoding and producing {ingest_n:,} messages to {topic}")
-        await prefill(endpoints.kafka_bootstrap, topic, build_messages(ingest_n))
+        # Ingest: the same messages on an empty store and on the big one, interleaved. Each
+        # round has messages of its own (another seed: other event ids), since the big store
+        # keeps what the round before stored and would count the same ids as duplicates.
         runs["ingest_empty"], runs["ingest_big"] = [], []
         for r in range(repeats):
+            topic = f"bench-bigstore-{uuid.uuid4().hex[:8]}"
+            progress(f"bigstore: encoding and producing {ingest_n:,} messages to {topic}")
+            await prefill(endpoints.kafka_bootstrap, topic, build_messages(ingest_n, seed=42 + r))
             empty = await dbs.fresh()
             try:
                 result = await run_service(
