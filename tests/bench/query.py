@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 from common import Report, median, progress, stop_with_peak_rss
@@ -241,6 +242,18 @@ async def deep_cursor(db_url: str, column: str, key: int, depth: int) -> Cursor:
     return Cursor(row["created_at"], row["seq"])
 
 
+async def _snapshot_paths(base: str) -> dict[str, float]:
+    """The API's counts of pages served on the trusted and on the checked path."""
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as resp:
+        text = await resp.text()
+    found = {}
+    for line in text.splitlines():
+        for path in ("trusted", "checked"):
+            if line.startswith(f"course_audit_snapshot_cache_{path}_total "):
+                found[path] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def _loadgen(
     urls: list[str],
     token: str | None,
@@ -412,6 +425,10 @@ async def bench_query(
                     f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
                     f"CPU {result.get('cpu_us_per_request', float('nan')):.0f} µs/request"
                 )
+        # Which way the API's pages got their linked snapshots (docs/design.md#snapshot-caches):
+        # trusted (announced changes, no version round trip) or checked.
+        report.medians["snapshot_pages"] = await _snapshot_paths(api.base_url)
+        progress(f"  linked snapshots by path: {report.medians['snapshot_pages']}")
     finally:
         report.note_rss("serve", stop_with_peak_rss(api))
         bare.terminate()
