@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from test_api_support import Stack, course_path, make_event, produce, recent, stack
+from test_api_support import Stack, course_path, listen_pids, make_event, produce, recent, stack
 
 from course_audit.api.announcements import LISTEN_NAME
 from waits import eventually
@@ -116,19 +116,6 @@ async def world(
         yield w
 
 
-async def listen_pids(db_url: str) -> list[int]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
-            " AND datname = current_database()",
-            LISTEN_NAME,
-        )
-        return [r["pid"] for r in rows]
-    finally:
-        await conn.close()
-
-
 async def test_a_renamed_user_shows_on_the_first_page_that_shows_the_event(world: World) -> None:
     await world.shows(await world.rename("Name 0"), "Name 0")
     trusted = await world.metric(TRUSTED)
@@ -142,7 +129,7 @@ async def test_a_renamed_user_shows_on_the_first_page_that_shows_the_event(world
 async def test_without_its_listen_connection_the_api_checks_and_is_trusted_again_after(
     world: World,
 ) -> None:
-    pids = await listen_pids(world.stack.db_url)
+    pids = await listen_pids(world.stack.db_url, LISTEN_NAME)
     assert len(pids) == 1, pids
     logged = len(world.stack.service.log_lines())
     conn = await asyncpg.connect(world.stack.db_url)
@@ -157,7 +144,7 @@ async def test_without_its_listen_connection_the_api_checks_and_is_trusted_again
     finally:
         await conn.close()
     await eventually(
-        lambda: listen_pids(world.stack.db_url),
+        lambda: listen_pids(world.stack.db_url, LISTEN_NAME),
         lambda found: len(found) == 1 and found != pids,
         30,
         "a new LISTEN connection",

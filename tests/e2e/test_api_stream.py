@@ -25,6 +25,7 @@ from test_api_support import (
     Stack,
     course_path,
     expected_event,
+    listen_pids,
     make_event,
     produce,
     stack,
@@ -399,22 +400,9 @@ async def test_many_idle_subscribers(tail: Tail) -> None:
     await no_streams(tail)
 
 
-async def _listen_pids(db_url: str) -> list[int]:
-    conn = await asyncpg.connect(db_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
-            " AND datname = current_database()",
-            LISTEN_NAME,
-        )
-        return [r["pid"] for r in rows]
-    finally:
-        await conn.close()
-
-
 async def test_listen_connection_killed_then_events_still_arrive(tail: Tail) -> None:
     async with tail.open(stream_path(5001)) as sse:
-        pids = await _listen_pids(tail.stack.db_url)
+        pids = await listen_pids(tail.stack.db_url, LISTEN_NAME)
         assert len(pids) == 1, pids
         logged = len(tail.stack.service.log_lines())
         conn = await asyncpg.connect(tail.stack.db_url)
@@ -428,7 +416,7 @@ async def test_listen_connection_killed_then_events_still_arrive(tail: Tail) -> 
         await tail.stack.service.wait_log("lost its LISTEN connection", 30, after=logged)
         # Listening again on a new connection, and live events flow through it.
         await eventually(
-            lambda: _listen_pids(tail.stack.db_url),
+            lambda: listen_pids(tail.stack.db_url, LISTEN_NAME),
             lambda found: len(found) == 1 and found != pids,
             30,
             "a new LISTEN connection",

@@ -604,3 +604,17 @@ def base_of(url: str) -> str:
 def recent(days: float) -> datetime:
     """A whole minute `days` ago (UTC)."""
     return (datetime.now(UTC) - timedelta(days=days)).replace(second=0, microsecond=0)
+
+
+async def listen_pids(db_url: str, application_name: str) -> list[int]:
+    """Backend pids of the LISTEN connections an API process opened under that name."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1"
+            " AND datname = current_database()",
+            application_name,
+        )
+        return [r["pid"] for r in rows]
+    finally:
+        await conn.close()

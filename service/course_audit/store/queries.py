@@ -418,12 +418,8 @@ async def _page(
     limit: int,
     filters: Filters,
 ) -> list[EventRow]:
-    if not 0 < key <= MAX_ID:
-        return []
-    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters)
-    rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit, filters))
-    # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
-    return list(map(EventRow._make, rows))
+    page = await _page_rows(conn, column, key, roots, window, cursor, limit, filters, False)
+    return page.events
 
 
 async def _page_rows(
@@ -435,11 +431,16 @@ async def _page_rows(
     cursor: Cursor | None,
     limit: int,
     filters: Filters,
+    changes: bool = True,
 ) -> PageRows:
+    """The page's events and, with `changes`, the snapshot counter it was read at."""
     if not 0 < key <= MAX_ID:
         return PageRows([], None)
-    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters, changes=True)
+    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters, changes=changes)
     rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit, filters))
+    if not changes:
+        # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
+        return PageRows(list(map(EventRow._make, rows)), None)
     # _EVENT_COLUMNS in EventRow's field order, then the counter.
     return PageRows(
         list(map(EventRow._make, map(_EVENT_FIELDS, rows))), rows[0][-1] if rows else None
