@@ -85,7 +85,7 @@ def main() -> int:
                 report = asyncio.run(
                     bench_bigstore(
                         endpoints,
-                        args.bigstore_n or (1_000_000 if quick else 20_000_000),
+                        args.bigstore_n or (2_000_000 if quick else 20_000_000),
                         # Half the ingest benchmark's messages: twice (empty and big store)
                         # per round, and the whole run must stay under 30 minutes.
                         args.ingest_n or (10_000 if quick else 150_000),
