@@ -101,12 +101,12 @@ def main() -> int:
             elif name == "freshness":
                 from freshness import bench_freshness
 
-                seconds = args.fresh_seconds or (10 if quick else 60)
+                seconds = args.fresh_seconds or (5 if quick else 60)
                 report = asyncio.run(bench_freshness(endpoints, args.rate, seconds, log_dir))
             elif name == "replica":
                 from freshness import bench_replica
 
-                seconds = args.fresh_seconds or (8 if quick else 30)
+                seconds = args.fresh_seconds or (4 if quick else 30)
                 report = asyncio.run(
                     bench_replica(endpoints, args.rate, seconds, 1 if quick else 2, log_dir)
                 )
@@ -123,7 +123,7 @@ def main() -> int:
             elif name == "scaleout":
                 from scaleout import bench_scaleout
 
-                n = args.scaleout_n or (30_000 if quick else 300_000)
+                n = args.scaleout_n or (20_000 if quick else 300_000)
                 report = asyncio.run(
                     bench_scaleout(
                         endpoints,

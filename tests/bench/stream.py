@@ -239,7 +239,7 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
         "stream",
         {"rate_events_per_s": rate, "seconds": seconds, "watched_streams": WATCHED,
          "idle_subscribers": IDLE_SUBSCRIBERS, "quiet_courses": QUIET,
-         "idle_seconds": IDLE_SECONDS},
+         "idle_seconds": min(IDLE_SECONDS, seconds)},
         targets={"p99_s": "<= 1.0"},
     )  # fmt: skip
     topic = f"bench-stream-{uuid.uuid4().hex[:8]}"
@@ -296,7 +296,7 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
             base = f"{serve.base_url}/api/v1/audit/course/courses"
             progress("stream: API process idle, no streams")
             results["none_idle_rss_mb"], results["none_idle_cpu_pct"] = await _usage(
-                pid, IDLE_SECONDS
+                pid, min(IDLE_SECONDS, seconds)
             )
             watched = set(list(world.courses)[:WATCHED])
             watch_a = Watch()
@@ -319,7 +319,9 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
                 cid = quiet_ids[i % QUIET]
                 streams.append(await _open(session, f"{base}/{cid}/stream", token, None))
             await asyncio.sleep(2)  # let the opening settle before measuring idle
-            results["idle_rss_mb"], results["idle_cpu_pct"] = await _usage(pid, IDLE_SECONDS)
+            results["idle_rss_mb"], results["idle_cpu_pct"] = await _usage(
+                pid, min(IDLE_SECONDS, seconds)
+            )
             watch_b = Watch()
             for _, task in streams[:WATCHED]:
                 task.cancel()
