@@ -19,12 +19,13 @@ from course_audit.retention import month_of
 from course_audit.store.partitions import PartitionCache, ensure_partition_for
 from course_audit.store.queries import (
     Cursor,
+    EventRow,
     Refs,
     Window,
     account_known,
-    account_page,
+    account_page_rows,
     course_known,
-    course_page,
+    course_page_rows,
     page_args,
     page_sql,
     referenced,
@@ -34,6 +35,16 @@ from course_audit.store.queries import (
 from course_audit.store.writer import write_batch
 
 T0 = datetime(2026, 10, 10, 12, 0, tzinfo=UTC)
+
+
+async def course_page(*args: Any, **kwargs: Any) -> list[EventRow]:
+    """The events of the course endpoint's page query."""
+    return (await course_page_rows(*args, **kwargs)).events
+
+
+async def account_page(*args: Any, **kwargs: Any) -> list[EventRow]:
+    """The events of the account endpoint's page query."""
+    return (await account_page_rows(*args, **kwargs)).events
 
 
 def course(cid: int, account: int = 100, root: int = 1, **fields: Any) -> dict[str, Any]:

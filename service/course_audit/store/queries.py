@@ -408,20 +408,6 @@ class PageRows(NamedTuple):
 _EVENT_FIELDS = itemgetter(slice(0, len(EventRow._fields)))
 
 
-async def _page(
-    conn: Conn,
-    column: str,
-    key: int,
-    roots: Collection[int],
-    window: Window,
-    cursor: Cursor | None,
-    limit: int,
-    filters: Filters,
-) -> list[EventRow]:
-    page = await _page_rows(conn, column, key, roots, window, cursor, limit, filters, False)
-    return page.events
-
-
 async def _page_rows(
     conn: Conn,
     column: str,
@@ -431,46 +417,16 @@ async def _page_rows(
     cursor: Cursor | None,
     limit: int,
     filters: Filters,
-    changes: bool = True,
 ) -> PageRows:
-    """The page's events and, with `changes`, the snapshot counter it was read at."""
+    """The page's events and the snapshot counter it was read at."""
     if not 0 < key <= MAX_ID:
         return PageRows([], None)
-    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters, changes=changes)
+    sql, _ = page_sql(column, window, cursor, len(set(roots)), filters, changes=True)
     rows = await conn.fetch(sql, *page_args(key, roots, window, cursor, limit, filters))
-    if not changes:
-        # The SELECT list is _EVENT_COLUMNS, in EventRow's field order.
-        return PageRows(list(map(EventRow._make, rows)), None)
     # _EVENT_COLUMNS in EventRow's field order, then the counter.
     return PageRows(
         list(map(EventRow._make, map(_EVENT_FIELDS, rows))), rows[0][-1] if rows else None
     )
-
-
-async def course_page(
-    conn: Conn,
-    course_id: int,
-    roots: Collection[int],
-    window: Window,
-    cursor: Cursor | None,
-    limit: int,
-    filters: Filters = NO_FILTERS,
-) -> list[EventRow]:
-    """Up to `limit` events of a course stored under `roots`, after `cursor`, newest first."""
-    return await _page(conn, "course_id", course_id, roots, window, cursor, limit, filters)
-
-
-async def account_page(
-    conn: Conn,
-    account_id: int,
-    roots: Collection[int],
-    window: Window,
-    cursor: Cursor | None,
-    limit: int,
-    filters: Filters = NO_FILTERS,
-) -> list[EventRow]:
-    """Up to `limit` events stored under `roots` whose direct account was `account_id`."""
-    return await _page(conn, "account_id", account_id, roots, window, cursor, limit, filters)
 
 
 async def course_page_rows(
@@ -482,7 +438,8 @@ async def course_page_rows(
     limit: int,
     filters: Filters = NO_FILTERS,
 ) -> PageRows:
-    """`course_page` with the snapshot counter the page was read at."""
+    """Up to `limit` events of a course stored under `roots`, after `cursor`, newest first,
+    and the snapshot counter the page was read at."""
     return await _page_rows(conn, "course_id", course_id, roots, window, cursor, limit, filters)
 
 
@@ -495,7 +452,8 @@ async def account_page_rows(
     limit: int,
     filters: Filters = NO_FILTERS,
 ) -> PageRows:
-    """`account_page` with the snapshot counter the page was read at."""
+    """Up to `limit` events stored under `roots` whose direct account was `account_id`, and
+    the snapshot counter the page was read at."""
     return await _page_rows(conn, "account_id", account_id, roots, window, cursor, limit, filters)
 
 
