@@ -229,11 +229,13 @@ def test_snapshot_cache_renders_again_when_the_snapshot_changes() -> None:
 
     assert users({"name": "Jo", "id": 7}) == [{"id": 7, "name": "Jo"}]
     assert users({"name": "Jo", "id": 7}) == [{"id": 7, "name": "Jo"}]
-    assert len(cache) == 1
+    assert len(cache) == 1  # the same text (another string object) is rendered once
     assert users({"name": "Joan", "id": 7}) == [{"id": 7, "name": "Joan"}]  # never stale
     assert users({"name": "Joan", "id": 7}, string_ids=True) == [{"id": "7", "name": "Joan"}]
     assert users({"name": "Joan", "id": 7}) == [{"id": 7, "name": "Joan"}]
-    assert len(cache) == 2  # one entry per id style
+    # "Jo" and "Joan" as plain ids, "Joan" with string ids: the old text is never looked up
+    # again and goes when its kind is full.
+    assert len(cache) == 3
 
 
 def test_snapshot_cache_keeps_kinds_apart_and_is_bounded() -> None:
@@ -241,5 +243,11 @@ def test_snapshot_cache_keeps_kinds_apart_and_is_bounded() -> None:
     courses = cache.pick(Kind.COURSE, [1], {1: text({"id": 1, "name": "C"})}, False)
     users = cache.pick(Kind.USER, [1], {1: text({"id": 1, "name": "U"})}, False)
     assert orjson.dumps(courses + users) == b'[{"id":1,"name":"C"},{"id":1,"name":"U"}]'
-    cache.pick(Kind.PAGE_VIEW, ["pv"], {"pv": text({"id": "pv"})}, False)
-    assert len(cache) == 2
+    first = text({"id": 1, "name": "C"})
+    texts = {1: first, 2: text({"id": 2}), 3: text({"id": 3})}
+    picked = cache.pick(Kind.COURSE, [1, 2, 3], texts, False)
+    assert orjson.dumps(picked) == b'[{"id":1,"name":"C"},{"id":2},{"id":3}]'
+    assert len(cache) == 3  # two courses (the first went), one user
+    again = cache.pick(Kind.COURSE, [1], texts, False)
+    assert again[0] is not picked[0]  # rendered anew: it had gone
+    assert cache.pick(Kind.COURSE, [3], texts, False)[0] is picked[2]  # kept

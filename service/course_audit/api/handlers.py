@@ -50,6 +50,8 @@ SIS_COURSE_PREFIX = "sis_course_id:"
 ACQUIRE_TIMEOUT_S = 5.0
 QUERY_TIMEOUT_S = 15.0
 
+#: The events' Content-Type, given as a header (the content_type/charset arguments parse it).
+JSON_UTF8 = "application/json; charset=utf-8"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 _T = TypeVar("_T")
 
@@ -107,10 +109,14 @@ async def with_database(
         raise unavailable()
     if not request.app[HEALTH].migrations_ok:
         raise unavailable("The database schema is not ready; try again shortly.")
+    loop = asyncio.get_running_loop()
     for attempt in range(2):
         try:
-            async with asyncio.timeout(QUERY_TIMEOUT_S):
-                async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+            # One deadline: ACQUIRE_TIMEOUT_S for a connection, then QUERY_TIMEOUT_S for the
+            # work (asyncpg's own acquire timeout runs the acquire as a task of its own).
+            async with asyncio.timeout(ACQUIRE_TIMEOUT_S) as deadline:
+                async with pool.acquire() as conn:
+                    deadline.reschedule(loop.time() + QUERY_TIMEOUT_S)
                     return await work(conn)
         except ApiError:
             raise
@@ -160,6 +166,8 @@ class Target:
     """
 
     param: str
+    #: The route's path template, with `{param}`.
+    path: str
     resolve: Callable[[Conn, str, Collection[int]], Awaitable[int | None]]
     page: PageQuery
     known: Known
@@ -178,9 +186,9 @@ async def _account_id(conn: Conn, raw: str, roots: Collection[int]) -> int | Non
 
 #: GET /api/v1/audit/course/courses/{course_id}: one course's events, newest first; the id
 #: may be `sis_course_id:<value>`.
-COURSE = Target("course_id", _course_id, course_page_rows, course_known)
+COURSE = Target("course_id", COURSE_PATH, _course_id, course_page_rows, course_known)
 #: GET /api/v1/audit/course/accounts/{account_id}: events of courses directly in the account.
-ACCOUNT = Target("account_id", _account_id, account_page_rows, account_known)
+ACCOUNT = Target("account_id", ACCOUNT_PATH, _account_id, account_page_rows, account_known)
 
 
 async def _page(
@@ -232,9 +240,7 @@ def _respond(request: web.Request, base: str, path: str, query: Query, page: Pag
     )
     return web.Response(
         body=body,
-        content_type="application/json",
-        charset="utf-8",
-        headers={"Link": link, "Cache-Control": "no-store"},
+        headers={"Content-Type": JSON_UTF8, "Link": link, "Cache-Control": "no-store"},
     )
 
 
@@ -259,7 +265,7 @@ def events_handler(target: Target) -> Callable[[web.Request], Awaitable[web.Resp
 
         key, page = await with_database(request, work, read=True)
         # The numeric id in links, also for a course asked for by its SIS id.
-        path = request.match_info.route.url_for(**{target.param: str(key)}).path
+        path = target.path.format_map({target.param: key})
         return _respond(request, base, path, query, page)
 
     return handle

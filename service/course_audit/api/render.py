@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 
-from course_audit.cache import TtlCache
 from course_audit.model import RELATED_COURSE_TYPES, Kind
 from course_audit.store.queries import EventRow, Linked, Refs
 
@@ -36,9 +35,9 @@ UTC_NAMES = frozenset(
 STRING_IDS_MEDIA_TYPE = "application/json+canvas-string-ids"
 _ID_KEY = re.compile(r"(^|_)id$")
 _IDS_KEY = re.compile(r"(^|_)ids$")
-#: Rendered linked objects kept per process: about the snapshots a few hundred busy pages
-#: refer to, at well under 1 KB each.
-SNAPSHOT_CACHE_SIZE = 20_000
+#: Rendered linked objects kept per process for each kind and id style: about the snapshots a
+#: few hundred busy pages refer to, at well under 1 KB each.
+SNAPSHOT_CACHE_SIZE = 10_000
 #: Whole seconds, `Z` for UTC: what `render_time` gives for a UTC datetime in the UTC zone,
 #: done by orjson's own datetime serialiser without a Python call per event.
 _UTC_OPTIONS = orjson.OPT_OMIT_MICROSECONDS | orjson.OPT_UTC_Z
@@ -116,35 +115,43 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
 
 
 class SnapshotCache:
-    """Rendered linked objects by kind, id and id style, valid while the stored text is the same.
+    """Rendered linked objects by kind, id style and stored text.
 
     The same courses and users appear on page after page; parsing and reordering each one
-    again was a large share of a request. The stored text is compared on every use, so a
-    newer snapshot is rendered afresh (no staleness); the oldest entry goes when full.
+    again was a large share of a request. An object is found by the very text it was rendered
+    from, so a newer snapshot (another text) is rendered afresh and nothing shown is stale.
+    The texts come from the snapshot cache (api/snapshots.py), so a lookup finds the same
+    string object: its hash is kept by the string and the match is by identity. Each kind and
+    id style holds at most `size` objects; the one put longest ago goes first.
     """
 
     def __init__(self, size: int = SNAPSHOT_CACHE_SIZE) -> None:
-        self._entries: TtlCache[tuple[str, Any, bool], tuple[str, orjson.Fragment]] = TtlCache(size)
+        self.size = size
+        self._rendered: dict[tuple[Kind, bool], dict[str, orjson.Fragment]] = {
+            (kind, string_ids): {} for kind in Kind for string_ids in (False, True)
+        }
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(rendered) for rendered in self._rendered.values())
 
     def pick(
         self, kind: Kind, ids: Sequence[Any], snapshots: dict[Any, str], string_ids: bool
     ) -> list[orjson.Fragment]:
         """The rendered objects of `ids` that have a snapshot (`snapshots`: id -> text)."""
-        # Keyed by the kind's plain text (hashing an enum member runs Python code), looked up
-        # all at once: this runs for every linked object of every page.
-        name = kind.value
-        present = [i for i in ids if i in snapshots]
-        slots = [(name, i, string_ids) for i in present]
+        rendered = self._rendered[kind, string_ids]
+        known = rendered.get
         out = []
-        for i, slot, entry in zip(present, slots, self._entries.get_many(slots), strict=True):
-            text = snapshots[i]
-            if entry is None or entry[0] != text:
-                entry = (text, orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids)))
-                self._entries.put(slot, entry)
-            out.append(entry[1])
+        for i in ids:
+            text = snapshots.get(i)
+            if text is None:
+                continue
+            fragment = known(text)
+            if fragment is None:
+                fragment = orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids))
+                rendered[text] = fragment
+                if len(rendered) > self.size:
+                    del rendered[next(iter(rendered))]
+            out.append(fragment)
         return out
 
 

@@ -315,6 +315,7 @@ async def run_roles(
         await prepare_store(settings, pool, health, stopping, create_partitions=consume)
         background.append(asyncio.create_task(_watch_database(pools, health)))
         if not consume:
+            tune_gc()
             await stopping.wait()
             log.info("stopping")
             return 0
