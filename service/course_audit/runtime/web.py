@@ -81,11 +81,12 @@ def _request_metrics(metrics: Metrics, route: str, status: int) -> tuple[Counter
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request by route template and status."""
+    """Count and time every request by route template and status; refuse a request target
+    that is not UTF-8 (`_not_http`)."""
     started = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        response = await handler(request) if utf8(request.raw_path) else _not_http()
         status = response.status
         return response
     except web.HTTPException as exc:
@@ -111,24 +112,19 @@ def utf8(text: str) -> bool:
     return True
 
 
-@web.middleware
-async def utf8_target(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A request target (path and query) that is not UTF-8 is not valid HTTP: 400.
-
-    aiohttp's C parser refuses such bytes itself; its pure-Python parser lets them through.
-    """
-    if not utf8(request.raw_path):
-        return json_response(
-            {"errors": [{"message": "The request is not valid HTTP."}]},
-            status=400,
-            headers={"Cache-Control": "no-store"},
-        )
-    return await handler(request)
+def _not_http() -> web.Response:
+    """A request target (path and query) that is not UTF-8 is not valid HTTP: 400. aiohttp's
+    C parser refuses such bytes itself; its pure-Python parser lets them through."""
+    return json_response(
+        {"errors": [{"message": "The request is not valid HTTP."}]},
+        status=400,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def build_app(settings: Settings, health: Health, metrics_: Metrics) -> web.Application:
     """The base application: /health/live, /health/ready and /metrics."""
-    app = web.Application(middlewares=[observe, utf8_target])
+    app = web.Application(middlewares=[observe])
     app[SETTINGS] = settings
     app[RUNTIME] = Runtime()
     app[HEALTH] = health
