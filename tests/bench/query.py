@@ -276,7 +276,8 @@ def _loadgen(
         "--duration",
         str(duration),
         "--warmup",
-        "2",
+        # 2 s before a full run's 10 s measurements, 1 s before QUICK's 2 s ones.
+        str(min(2.0, duration / 2)),
     ]
     if token:
         cmd.append(f"--token={token}")  # a token may begin with "-"
@@ -354,8 +355,10 @@ async def bench_query(
         targets={
             "course_deep_p50_vs_first_p50": "<= 1.2",
             "account_deep_p50_vs_first_p50": "<= 1.2",
-            "course_first_api_rps_vs_bare_rps": ">= 0.7",
-            "account_first_api_rps_vs_bare_rps": ">= 0.7",
+            "course_first_api_rps_vs_bare_rps": ">= 0.75",
+            "course_deep_api_rps_vs_bare_rps": ">= 0.75",
+            "account_first_api_rps_vs_bare_rps": ">= 0.75",
+            "account_deep_api_rps_vs_bare_rps": ">= 0.75",
         },
     )
     dbs = Databases(endpoints.database_url)
@@ -453,8 +456,6 @@ async def bench_query(
         report.ratios[f"{kind}_deep_api_rps_vs_bare_rps"] = (
             med[f"{kind}_deep_api"]["rps"] / med[f"{kind}_deep_bare"]["rps"]
         )
-    report.targets["course_deep_api_rps_vs_bare_rps"] = "(reported)"
-    report.targets["account_deep_api_rps_vs_bare_rps"] = "(reported)"
     print(
         report.table(
             f"\nquery: {n:,} events, per_page={PER_PAGE}, deep page {depth}, concurrency "
