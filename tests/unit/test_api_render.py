@@ -239,15 +239,18 @@ def test_snapshot_cache_renders_again_when_the_snapshot_changes() -> None:
 
 
 def test_snapshot_cache_keeps_kinds_apart_and_is_bounded() -> None:
-    cache = SnapshotCache(size=2)
+    cache = SnapshotCache(size=3)
     courses = cache.pick(Kind.COURSE, [1], {1: text({"id": 1, "name": "C"})}, False)
     users = cache.pick(Kind.USER, [1], {1: text({"id": 1, "name": "U"})}, False)
     assert orjson.dumps(courses + users) == b'[{"id":1,"name":"C"},{"id":1,"name":"U"}]'
-    first = text({"id": 1, "name": "C"})
-    texts = {1: first, 2: text({"id": 2}), 3: text({"id": 3})}
+    texts = {1: text({"id": 1, "name": "C"}), 2: text({"id": 2}), 3: text({"id": 3})}
     picked = cache.pick(Kind.COURSE, [1, 2, 3], texts, False)
     assert orjson.dumps(picked) == b'[{"id":1,"name":"C"},{"id":2},{"id":3}]'
-    assert len(cache) == 3  # two courses (the first went), one user
+    assert picked[0] is courses[0]  # the same text: not rendered again
+    # Four objects for room for three: the oldest course went (courses held the most).
+    assert len(cache) == 3
+    assert cache.pick(Kind.USER, [1], {1: text({"id": 1, "name": "U"})}, False)[0] is users[0]
+    assert cache.pick(Kind.COURSE, [3], texts, False)[0] is picked[2]
     again = cache.pick(Kind.COURSE, [1], texts, False)
     assert again[0] is not picked[0]  # rendered anew: it had gone
-    assert cache.pick(Kind.COURSE, [3], texts, False)[0] is picked[2]  # kept
+    assert len(cache) == 3

@@ -35,9 +35,9 @@ UTC_NAMES = frozenset(
 STRING_IDS_MEDIA_TYPE = "application/json+canvas-string-ids"
 _ID_KEY = re.compile(r"(^|_)id$")
 _IDS_KEY = re.compile(r"(^|_)ids$")
-#: Rendered linked objects kept per process for each kind and id style: about the snapshots a
-#: few hundred busy pages refer to, at well under 1 KB each.
-SNAPSHOT_CACHE_SIZE = 10_000
+#: Rendered linked objects kept per process: about the snapshots a few hundred busy pages
+#: refer to, at well under 1 KB each.
+SNAPSHOT_CACHE_SIZE = 20_000
 #: Whole seconds, `Z` for UTC: what `render_time` gives for a UTC datetime in the UTC zone,
 #: done by orjson's own datetime serialiser without a Python call per event.
 _UTC_OPTIONS = orjson.OPT_OMIT_MICROSECONDS | orjson.OPT_UTC_Z
@@ -123,18 +123,20 @@ class SnapshotCache:
     again was a large share of a request. An object is found by the very text it was rendered
     from, so a newer snapshot (another text) is rendered afresh and nothing shown is stale.
     The texts come from the snapshot cache (api/snapshots.py), so a lookup finds the same
-    string object: its hash is kept by the string and the match is by identity. Each kind and
-    id style holds at most `size` objects; the one put longest ago goes first.
+    string object: its hash is kept by the string and the match is by identity. At most `size`
+    objects in all: when full, the one put longest ago of the kind and id style holding the
+    most goes (a text no longer in use is never looked up again).
     """
 
     def __init__(self, size: int = SNAPSHOT_CACHE_SIZE) -> None:
         self.size = size
+        self._count = 0
         self._rendered: dict[tuple[Kind, bool], dict[str, orjson.Fragment]] = {
             (kind, string_ids): {} for kind in Kind for string_ids in (False, True)
         }
 
     def __len__(self) -> int:
-        return sum(len(rendered) for rendered in self._rendered.values())
+        return self._count
 
     def pick(
         self, kind: Kind, ids: Sequence[Any], snapshots: dict[Any, str], string_ids: bool
@@ -151,8 +153,11 @@ class SnapshotCache:
             if fragment is None:
                 fragment = orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids))
                 rendered[text] = fragment
-                if len(rendered) > self.size:
-                    del rendered[next(iter(rendered))]
+                self._count += 1
+                if self._count > self.size:
+                    fullest = max(self._rendered.values(), key=len)
+                    del fullest[next(iter(fullest))]
+                    self._count -= 1
             out.append(fragment)
         return out
 
