@@ -1,15 +1,15 @@
-"""Garbage-collector settings for a consuming process (docs/performance.md#garbage-collector)."""
+"""Garbage-collector settings for the consuming and serving processes (docs/design.md#gc-tuning)."""
 
 from __future__ import annotations
 
 import gc
 
-#: The collector's first threshold while consuming (CPython's default: 700).
+#: The collector's first threshold once started (CPython's default: 700).
 GC_FIRST_THRESHOLD = 50_000
 
 
 def tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for the ingest path (process-wide).
+    """Make the cyclic garbage collector cheap for the ingest path and the API (process-wide).
 
     What the ingest path allocates is freed by reference counting (no cycles), while with
     CPython's defaults a collection ran every few dozen messages and full collections kept
