@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 from test_api_support import Stack, course_path, listen_pids, make_event, produce, recent, stack
 
-from course_audit.api.announcements import LISTEN_NAME
+from course_audit.api.listen import LISTEN_NAME
 from waits import eventually
 
 pytestmark = pytest.mark.e2e

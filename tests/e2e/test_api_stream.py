@@ -37,7 +37,7 @@ from waits import Deadline, eventually, within
 
 pytestmark = pytest.mark.e2e
 
-LISTEN_NAME = "course-audit live tail"  # the hub's application_name (written out here)
+LISTEN_NAME = "course-audit listen"  # the LISTEN connection's application_name (written out here)
 MAX_STREAMS = 210
 MANY = 200
 

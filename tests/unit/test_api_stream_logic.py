@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from multidict import MultiDict
 
+from course_audit.api.listen import Listener
 from course_audit.api.params import parse_filters
 from course_audit.api.stream import QUEUE_MAX, Group, Pending, StreamHub, Subscriber
 from course_audit.config import Settings
@@ -119,7 +120,7 @@ def test_pending_merges_notifications() -> None:
 
 
 def test_streams_with_the_same_filters_share_a_group_and_others_do_not() -> None:
-    hub = StreamHub(Settings(), Metrics(), UTC, True)
+    hub = StreamHub(Settings(), Metrics(), UTC, True, Listener("postgresql://unused"))
     request: Any = object()
     one = parse_filters(MultiDict([("event_type", "published"), ("event_type", "concluded")]))
     same = parse_filters(MultiDict([("event_type", "concluded"), ("event_type", "published")]))

@@ -29,6 +29,7 @@ from course_audit.api.handlers import (
     events_handler,
     openapi,
 )
+from course_audit.api.listen import Listener
 from course_audit.api.render import UTC_NAMES
 from course_audit.api.snapshots import SnapshotTexts
 from course_audit.api.stream import install_stream
@@ -36,7 +37,7 @@ from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.web import HEALTH, METRICS, SETTINGS
 from course_audit.viewer import install_viewer
 
-ANNOUNCEMENTS = web.AppKey("announcements", Announcements)
+LISTENER = web.AppKey("listener", Listener)
 
 
 def _count_pages(metrics: Metrics) -> Callable[[bool], None]:
@@ -59,16 +60,25 @@ def install_api(app: web.Application) -> None:
     app[API_STATE] = ApiState(
         token_cache(), settings.zone, settings.time_zone in UTC_NAMES, texts=texts
     )
-    # Snapshot changes announced by the store: pages skip the version check while they are
-    # applied (docs/design.md#snapshot-caches).
+    # One LISTEN connection for the process (docs/design.md#one-listen-connection): snapshot
+    # changes from start-up (pages skip the version check while they are applied:
+    # docs/design.md#snapshot-caches), the live tail from its first stream.
     health = app[HEALTH]
-    announcements = Announcements(settings, texts, metrics, lambda: health.migrations_ok)
-    app[ANNOUNCEMENTS] = announcements
-    app.on_startup.append(announcements.start)
-    app.on_shutdown.append(announcements.close)
+    listener = Listener(
+        settings.api_database_url or settings.database_url, lambda: health.migrations_ok
+    )
+    app[LISTENER] = listener
+    announcements = Announcements(texts, metrics)
+
+    async def start_listening(app: web.Application) -> None:
+        await listener.follow(announcements)
+        await listener.start()
+
+    app.on_startup.append(start_listening)
+    app.on_shutdown.append(listener.close)
     app.router.add_get(COURSE_PATH, events_handler(COURSE))
     app.router.add_get(ACCOUNT_PATH, events_handler(ACCOUNT))
-    install_stream(app, COURSE_PATH, ACCOUNT_PATH, COURSE, ACCOUNT)
+    install_stream(app, listener, COURSE_PATH, ACCOUNT_PATH, COURSE, ACCOUNT)
     app[EXPORT_SLOTS] = ExportSlots(export_limit(settings.db_pool_max))
     app.router.add_get(COURSE_EXPORT_PATH, export_handler(COURSE_EXPORT))
     app.router.add_get(ACCOUNT_EXPORT_PATH, export_handler(ACCOUNT_EXPORT))

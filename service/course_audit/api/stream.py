@@ -2,8 +2,9 @@
 
 One `StreamHub` per API process (docs/design.md#live-tail):
 
-- ONE dedicated connection (not from the pool) LISTENs on the channel the consumer's batch
-  statement notifies after each commit (store/writer.py). A notification names where to look
+- The process's LISTEN connection (api/listen.py, shared with the snapshot changes) LISTENs,
+  from the first stream on, on the channel the consumer's batch statement notifies after each
+  commit (store/writer.py). A notification names where to look
   (oldest created_at, seq range, courses and accounts), never the rows.
 - Subscribers share a *group* per (course or account, token's root accounts, filters). On a
   notification, each group that has subscribers and that the notification names runs one
@@ -12,7 +13,8 @@ One `StreamHub` per API process (docs/design.md#live-tail):
 - A subscriber whose queue overflows (a slow reader) loses its queue and is caught up from
   the store by keyset, from the last event it was sent; memory stays bounded.
 - If the LISTEN connection drops, the hub polls every group from its last position at
-  AUDIT_STREAM_POLL_INTERVAL_S while reconnecting with backoff, then catches up once more.
+  AUDIT_STREAM_POLL_INTERVAL_S while it is reconnected (api/listen.py), then catches up once
+  more.
 - Tokens are checked again every TOKEN_TTL_S (one query for all of them): a revoked token's
   stream ends.
 """
@@ -28,7 +30,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
 
 import asyncpg
 import orjson
@@ -37,10 +38,11 @@ from aiohttp import web
 from course_audit.api.auth import TOKEN_TTL_S, require_token
 from course_audit.api.errors import ApiError, bad_parameter, message_body, not_found
 from course_audit.api.handlers import API_STATE, Target, token_info, with_database
+from course_audit.api.listen import Listener
 from course_audit.api.params import parse_filters
 from course_audit.api.render import render_events
 from course_audit.config import Settings
-from course_audit.retry import Backoff, wait_or_stop
+from course_audit.retry import wait_or_stop
 from course_audit.runtime.http_server import HttpConnection
 from course_audit.runtime.metrics import Metrics
 from course_audit.runtime.replica import Reads
@@ -75,16 +77,10 @@ LATE_WINDOW = timedelta(hours=1)
 #: Seqs a subscriber remembers having been sent, to skip an event that comes both from a
 #: catch-up read and from the live queue.
 RECENT_SEQS = 8192
-#: How often the LISTEN connection is asked to answer (a half-open connection is found).
-PING_S = 10.0
 #: Rows per catch-up page written to one subscriber.
 BACKFILL_PAGE = 500
 #: Group queries run at once (each on a pooled connection).
 QUERY_CONCURRENCY = 4
-#: Reconnecting the LISTEN connection: soon, then every 30 s (polling meanwhile).
-LISTEN_BACKOFF = Backoff(first=0.5, cap=30.0, jitter=0.2)
-#: The LISTEN connection's application_name (pg_stat_activity shows it).
-LISTEN_NAME = "course-audit live tail"
 #: How a client reconnects: EventSource waits this many milliseconds.
 RETRY_MS = 2000
 
@@ -238,30 +234,33 @@ class Pending:
 class StreamHub:
     """The live tail of one API process (see the module's docstring)."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, zone: tzinfo, utc: bool) -> None:
+    channel = EVENTS_CHANNEL
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, zone: tzinfo, utc: bool, listener: Listener
+    ) -> None:
         self.settings = settings
+        self._listener = listener
         self.metrics = metrics
         self.zone = zone
         self.utc = utc
         self.groups: dict[GroupKey, Group] = {}
         self.count = 0
-        self.listening = False
+        #: Whether the channel is listened to (else every group is polled).
+        self.live = False
         self._pool: asyncpg.Pool | None = None
         self._reads: Reads | None = None
         self._pending = Pending()
         self._work = asyncio.Event()
         self._stop = asyncio.Event()
-        self._first_attempt = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._listen_conn: asyncpg.Connection | None = None
+        #: Polls every group while not listening.
+        self._poller: asyncio.Task[None] | None = None
+        self._listened = False
         self._semaphore = asyncio.Semaphore(QUERY_CONCURRENCY)
         #: Set while no stream is open (shutdown waits for it).
         self._empty = asyncio.Event()
         self._empty.set()
-
-    @property
-    def url(self) -> str:
-        return self.settings.api_database_url or self.settings.database_url
 
     def full(self) -> bool:
         return self.count >= self.settings.stream_max_subscribers
@@ -269,7 +268,8 @@ class StreamHub:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, pool: asyncpg.Pool, reads: Reads | None = None) -> None:
-        """Start listening (once, at the first subscriber); wait for the first attempt.
+        """Start following the channel (once, at the first subscriber); listening when this
+        returns if the process's LISTEN connection is up.
 
         `pool` is the primary's (tokens); group queries read through `reads` when the API
         has a read replica (docs/operations.md#read-replicas).
@@ -280,12 +280,10 @@ class StreamHub:
             self._pool = pool
             self._reads = reads
             self._tasks = [
-                asyncio.create_task(self._listen_loop(), name="stream-listen"),
                 asyncio.create_task(self._fanout_loop(), name="stream-fanout"),
                 asyncio.create_task(self._token_loop(), name="stream-tokens"),
             ]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_attempt.wait(), 10)
+            await self._listener.follow(self)
 
     async def close(self, app: web.Application | None = None) -> None:
         """End every stream and stop (an on_shutdown hook: before aiohttp waits for handlers)."""
@@ -302,11 +300,12 @@ class StreamHub:
             transport = sub.request.transport
             if transport is not None and not transport.is_closing():
                 transport.abort()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._poller] if self._poller is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
-        await self._close_listen_conn()
+        self._poller = None
 
     # ------------------------------------------------------------------ subscribers
 
@@ -353,11 +352,11 @@ class StreamHub:
 
     # ------------------------------------------------------------------ notifications
 
-    def _notified(self, conn: Any, pid: int, channel: str, payload: object) -> None:
+    def notified(self, payload: str) -> None:
         self.metrics.stream_notifications.inc()
-        note = parse_announcement(str(payload))
+        note = parse_announcement(payload)
         if note is None:
-            log.warning("unreadable stream notification", extra={"payload": str(payload)[:200]})
+            log.warning("unreadable stream notification", extra={"payload": payload[:200]})
             self._catch_up()
             return
         if self.groups:
@@ -370,78 +369,39 @@ class StreamHub:
             self._pending.received = time.monotonic()
         self._work.set()
 
-    async def _close_listen_conn(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is not None and not conn.is_closed():
-            conn.terminate()
-
     def _set_listening(self, up: bool) -> None:
-        self.listening = up
+        self.live = up
         self.metrics.stream_listening.set(1 if up else 0)
 
-    async def _listen_loop(self) -> None:
-        """Keep one LISTEN connection; poll every group while it is down."""
-        poll = float(self.settings.stream_poll_interval_s)
-        attempt = 0
-        was_up = False
-        while not self._stop.is_set():
-            lost = asyncio.Event()
-            try:
-                conn = await asyncpg.connect(
-                    self.url, timeout=5, server_settings={"application_name": LISTEN_NAME}
-                )
-                self._listen_conn = conn
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(EVENTS_CHANNEL, self._notified)
-            except Exception as exc:
-                await self._close_listen_conn()
-                attempt += 1
-                delay = LISTEN_BACKOFF.delay(attempt)
-                if attempt == 1:
-                    log.warning(
-                        "live tail cannot LISTEN for stored batches; polling the store",
-                        extra={"error": str(exc), "poll_interval_s": poll},
-                    )
-                self._set_listening(False)
-                self._first_attempt.set()
-                # Poll while down; try to listen again after the backoff.
-                until = time.monotonic() + delay
-                while not self._stop.is_set():
-                    self._catch_up()
-                    if await wait_or_stop(
-                        min(poll, max(0.0, until - time.monotonic())), self._stop
-                    ):
-                        return
-                    if time.monotonic() >= until:
-                        break
-                continue
-            if was_up or attempt:
-                log.info("live tail listening again; catching up from each stream's position")
-            else:
-                log.info(
-                    "live tail listening for stored batches", extra={"channel": EVENTS_CHANNEL}
-                )
-            attempt = 0
-            was_up = True
-            self._set_listening(True)
-            self._first_attempt.set()
-            # Whatever was stored while not listening (nothing, the first time).
-            self._catch_up()
-            while not self._stop.is_set() and not lost.is_set():
-                if await wait_or_stop(PING_S, lost) or self._stop.is_set():
-                    break
-                try:
-                    await conn.fetchval("SELECT 1", timeout=5)
-                except Exception:
-                    break
-            await self._close_listen_conn()
-            if self._stop.is_set():
-                return
-            self._set_listening(False)
+    async def listening(self, conn: asyncpg.Connection) -> None:
+        if self._listened:
+            log.info("live tail listening again; catching up from each stream's position")
+        else:
+            log.info("live tail listening for stored batches", extra={"channel": EVENTS_CHANNEL})
+        self._listened = True
+        self._set_listening(True)
+        # Whatever was stored while not listening (nothing, the first time).
+        self._catch_up()
+
+    def not_listening(self, lost: bool) -> None:
+        was = self.live
+        self._set_listening(False)
+        if lost and was:
             log.warning(
                 "live tail lost its LISTEN connection; polling the store until it is back",
-                extra={"poll_interval_s": poll},
+                extra={"poll_interval_s": self.settings.stream_poll_interval_s},
             )
+        polling = self._poller is not None and not self._poller.done()
+        if self._tasks and not self._stop.is_set() and not polling:
+            self._poller = asyncio.create_task(self._poll_loop(), name="stream-poll")
+
+    async def _poll_loop(self) -> None:
+        """While not listening: read every group from its position, every poll interval."""
+        poll = float(self.settings.stream_poll_interval_s)
+        while not self.live and not self._stop.is_set():
+            self._catch_up()
+            if await wait_or_stop(poll, self._stop):
+                return
 
     async def _fanout_loop(self) -> None:
         poll = float(self.settings.stream_poll_interval_s)
@@ -776,11 +736,12 @@ async def _pump(
                 return
 
 
-def install_stream(app: web.Application, course_path: str, account_path: str,
-                   course: Target, account: Target) -> None:  # fmt: skip
-    """Add the two stream routes and the process's hub (closed at shutdown)."""
+def install_stream(app: web.Application, listener: Listener, course_path: str,
+                   account_path: str, course: Target, account: Target) -> None:  # fmt: skip
+    """Add the two stream routes and the process's hub (closed at shutdown), which follows
+    the process's LISTEN connection (`listener`) from its first stream."""
     state = app[API_STATE]
-    hub = StreamHub(app[SETTINGS], app[METRICS], state.zone, state.utc)
+    hub = StreamHub(app[SETTINGS], app[METRICS], state.zone, state.utc, listener)
     app[STREAM_HUB] = hub
     app.on_shutdown.append(hub.close)
     app.router.add_get(course_path + "/stream", stream_handler(course))
