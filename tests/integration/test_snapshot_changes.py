@@ -100,14 +100,36 @@ async def test_the_batch_statement_announces_the_ids_it_changed_and_a_no_op_noth
     assert await counter(conn) == 3
     # The same events again: duplicates, no snapshot row changes, no bump.
     await write_batch(conn, first, cache=PartitionCache())
-    # A newer event for user 7 only: one update of users (the course's snapshot is newer too).
+    # A newer event renaming user 7: one update of users. Course 1's row is updated too (its
+    # as_of moves forward) but its snapshot is the same: not announced (migration 0007).
     await write_batch(conn, [event(T0 + timedelta(1), course=1, user=7, name="Bo")], cache=None)
-    notes = await heard.count(5, "the update's announcements")
-    assert [n["n"] for n in notes[3:]] == [4, 5]
-    assert {k for n in notes[3:] for k in n if k != "n"} == {"c", "u"}
-    assert [n.get("u") for n in notes[3:] if "u" in n] == [[7]]
+    notes = await heard.count(4, "the update's announcement")
+    assert notes[3] == {"n": 4, "u": [7]}
+    assert await conn.fetchval("SELECT as_of FROM courses WHERE id = 1") == T0 + timedelta(1)
     await quiet(conn, heard)
-    assert len(heard.notes) == 6 and heard.notes[5]["n"] == 6
+    assert len(heard.notes) == 5 and heard.notes[4]["n"] == 5
+    assert heard.notes[4]["p"][0].startswith("marker-")  # nothing came before the marker
+
+
+async def test_an_update_that_changes_no_shown_snapshot_is_not_announced(
+    conn: asyncpg.Connection[Any], heard: Heard
+) -> None:
+    await write_batch(conn, [event(T0, course=1, user=7)], cache=PartitionCache())
+    await heard.count(2, "the batch's announcements")
+    # Newer events, the same snapshots: every row's as_of moves, no bump, no notification.
+    later = [event(T0 + timedelta(hours=h), course=1, user=7) for h in (1, 2)]
+    await write_batch(conn, later, cache=None)
+    assert await conn.fetchval("SELECT as_of FROM users WHERE id = 7") == T0 + timedelta(hours=2)
+    assert await counter(conn) == 2
+    # An operator moving a row to another root account changes its key: announced.
+    await conn.execute("UPDATE courses SET root_account_id = 2 WHERE id = 1")
+    notes = await heard.count(3, "the key change")
+    assert notes[2] == {"n": 3, "c": [1]}
+    # Another statement of the same data with a newer as_of: nothing.
+    await conn.execute("UPDATE users SET as_of = as_of + interval '1 day'")
+    await quiet(conn, heard)
+    assert [n["n"] for n in heard.notes] == [1, 2, 3, 4]
+    assert heard.notes[3]["p"][0].startswith("marker-")  # nothing came before the marker
 
 
 async def test_manual_sql_is_announced_and_a_rolled_back_change_is_not(
@@ -206,10 +228,12 @@ async def test_concurrent_writers_count_in_commit_order(
         )
 
         async def waiting() -> bool:
+            # That writer's own backend (pg_stat_activity is the whole server's).
             return bool(
                 await conn.fetchval(
-                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE 'UPDATE courses%')"
+                    "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1"
+                    " AND wait_event_type = 'Lock')",
+                    other.get_server_pid(),
                 )
             )
 
@@ -291,7 +315,7 @@ async def test_a_page_read_after_an_unapplied_change_checks_versions_and_shows_i
     # A writer commits; its announcement is delivered here but NOT applied yet (the listener
     # is held): the page sees the new counter, so it must not trust the kept text.
     await write_batch(conn, [event(T0 + timedelta(1), course=1, user=7, name="Bo")], cache=None)
-    await heard.count(4, "the update's announcements")
+    await heard.count(3, "the update's announcement (users only: the course is the same)")
     assert await page_names(conn, texts, counting) == ["Bo"]
     assert texts.checked == 1 and "xmin AS version FROM" in counting.sent[1]
     # Applied: trusted again, and the new name is what is kept.
