@@ -236,6 +236,16 @@ WITH batch AS MATERIALIZED (
     SELECT id, array_agg(root) AS roots FROM own_courses GROUP BY id HAVING count(*) > 1
 ), split_accounts AS (
     SELECT id, array_agg(root) AS roots FROM account_refs GROUP BY id HAVING count(*) > 1
+), new_courses AS MATERIALIZED (
+    -- Only (id, root) pairs not stored before this statement can be a new claim. Kept apart
+    -- (materialised) so that the other root accounts are looked up for these few pairs only:
+    -- as one query, the planner filtered on the looked-up list before the anti join and so
+    -- probed every course of the batch (docs/performance.md#tenant-claim-check).
+    SELECT s.id, s.root FROM own_courses s
+     WHERE NOT EXISTS (SELECT FROM courses c WHERE c.id = s.id AND c.root_account_id = s.root)
+), new_accounts AS MATERIALIZED (
+    SELECT a.id, a.root FROM account_refs a
+     WHERE NOT EXISTS (SELECT FROM accounts t WHERE t.id = a.id AND t.root_account_id = a.root)
 ), tenant_conflicts AS (
     -- A course or account stored under a root account for the first time while another
     -- root account already holds it (before this statement, or in this batch): stored all
@@ -248,8 +258,7 @@ WITH batch AS MATERIALIZED (
                                          WHERE c.id = s.id)) AS o
                   WHERE o <> s.root
                   ORDER BY 1) AS others
-      FROM own_courses s LEFT JOIN split_courses b ON b.id = s.id
-     WHERE NOT EXISTS (SELECT FROM courses c WHERE c.id = s.id AND c.root_account_id = s.root)
+      FROM new_courses s LEFT JOIN split_courses b ON b.id = s.id
     UNION ALL
     SELECT 'account', a.id, a.root,
            array(SELECT DISTINCT o
@@ -258,8 +267,7 @@ WITH batch AS MATERIALIZED (
                                          WHERE t.id = a.id)) AS o
                   WHERE o <> a.root
                   ORDER BY 1)
-      FROM account_refs a LEFT JOIN split_accounts b ON b.id = a.id
-     WHERE NOT EXISTS (SELECT FROM accounts t WHERE t.id = a.id AND t.root_account_id = a.root)
+      FROM new_accounts a LEFT JOIN split_accounts b ON b.id = a.id
 ), judged AS (
     SELECT b.ord, s.created_at AS stored_at, s.same
       FROM batch b
