@@ -349,9 +349,18 @@ _MAX_ROUNDS = 100
 
 
 async def write_batch(
-    conn: Conn, events: Sequence[Event], *, cache: PartitionCache | None = None
+    conn: Conn,
+    events: Sequence[Event],
+    *,
+    cache: PartitionCache | None = None,
+    document: str | None = None,
 ) -> WriteResult:
     """Store `events` and their snapshots atomically (a savepoint in the caller's transaction).
+
+    `document`, when given, must be ``batch_document(events)``, built ahead of time: the
+    consumer builds it while the previous batch is still being stored, so that PostgreSQL gets
+    the next statement as soon as it is done with the last
+    (docs/performance.md#batch-document-built-ahead).
 
     Idempotent: events already stored with the same created_at and content are counted as
     duplicates; an event whose id is stored with another created_at or content comes back as
@@ -367,7 +376,8 @@ async def write_batch(
     for _ in range(_MAX_ROUNDS):
         if not pending:
             return WriteResult(inserted, duplicates, conflicts, claims)
-        done = await _write_round(conn, pending, cache)
+        done = await _write_round(conn, pending, cache, document)
+        document = None  # a later round writes fewer events: its own document
         inserted += done.inserted
         claims.extend(done.tenant_claims)
         # The rest of the round: events already stored, or repeated, with the same content.
@@ -383,9 +393,12 @@ async def write_batch(
     raise RuntimeError(f"{len(pending)} event(s) still unjudged after {_MAX_ROUNDS} rounds")
 
 
-async def _write_round(conn: Conn, events: Sequence[Event], cache: PartitionCache | None) -> _Round:
+async def _write_round(
+    conn: Conn, events: Sequence[Event], cache: PartitionCache | None, document: str | None
+) -> _Round:
     cache = DEFAULT_CACHE if cache is None else cache
-    document = batch_document(events)
+    if document is None:
+        document = batch_document(events)
     months = {month_of(e.created_at) for e in events}
     await ensure_partition_for(conn, months, cache=cache)
     try:
