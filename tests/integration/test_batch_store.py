@@ -166,3 +166,47 @@ async def test_conflicting_event_ids_become_dead_letters_of_the_usual_batch(
     )
     assert store.metrics.duplicates._value.get() == 1
     assert store.metrics.dead_lettered.labels("conflicting_event_id")._value.get() == 1
+
+
+async def test_a_prepared_batch_is_stored_from_its_document(
+    pool: asyncpg.Pool, store: BatchStore
+) -> None:
+    events = [event(0), event(1), event(2)]
+    batch = Batch(0, events=events)
+    batch.prepare()
+    assert batch.document is not None
+    # The write sends the prepared document: rows that are not in it are not stored.
+    batch.events = [*events, event(3)]
+    await within(store.store(batch), 20, "the prepared batch to be stored")
+    stored = await rows(pool, "SELECT event_id, course_id FROM events ORDER BY course_id")
+    assert [(r["event_id"], r["course_id"]) for r in stored] == [
+        (e.event_id, 40 + i) for i, e in enumerate(events)
+    ]
+
+
+async def test_a_batch_whose_document_cannot_be_built_ahead_still_isolates_the_bad_event(
+    pool: asyncpg.Pool, store: BatchStore
+) -> None:
+    good, bad = event(0), event(1)
+    bad = Event(
+        **{f: getattr(bad, f) for f in bad.__dataclass_fields__}
+        | {"event_data": {"n": 2**70}}  # beyond JSON's 64-bit integers: orjson refuses it
+    )
+    batch = Batch(0, events=[good, bad])
+    batch.prepare()
+    assert batch.document is None
+    await within(store.store(batch), 20, "the batch with an unencodable event to be stored")
+    assert [r["event_id"] for r in await rows(pool, "SELECT event_id FROM events")] == [
+        good.event_id
+    ]
+    [dead] = await rows(pool, 'SELECT "offset", error_code FROM dead_letters')
+    assert (dead["offset"], dead["error_code"]) == (1, "store_rejected")
+
+
+def test_a_batch_with_dead_letters_is_not_prepared() -> None:
+    letter = DeadLetter(
+        Source("course-events", 0, 5, None, b"x"), ErrorCode.EMPTY_VALUE, "empty", T0
+    )
+    batch = Batch(0, events=[event(0)], dead=[letter])
+    batch.prepare()
+    assert batch.document is None

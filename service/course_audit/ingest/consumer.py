@@ -160,6 +160,7 @@ class Ingestor:
             batch = await self._decode(fetched)
             if batch is None:
                 continue  # given up while fetching schemas: it is read again, uncommitted
+            batch.prepare()
             await wait_for_room(WRITE_PIPELINE_DEPTH - 1)
             if batch.generation != self._generation:
                 continue  # fetched before a rebalance: the new owner re-reads it

@@ -102,7 +102,7 @@ class BatchStore:
                 # first). A row the store rejects fails it with nothing written, and the
                 # batch goes the isolating way below.
                 try:
-                    stored = await write_batch(conn, batch.events)
+                    stored = await write_batch(conn, batch.events, document=batch.document)
                 except Exception as exc:
                     if not is_data_error(exc):
                         raise

@@ -236,6 +236,16 @@ WITH batch AS MATERIALIZED (
     SELECT id, array_agg(root) AS roots FROM own_courses GROUP BY id HAVING count(*) > 1
 ), split_accounts AS (
     SELECT id, array_agg(root) AS roots FROM account_refs GROUP BY id HAVING count(*) > 1
+), new_courses AS MATERIALIZED (
+    -- Only (id, root) pairs not stored before this statement can be a new claim. Kept apart
+    -- (materialised) so that the other root accounts are looked up for these few pairs only:
+    -- as one query, the planner filtered on the looked-up list before the anti join and so
+    -- probed every course of the batch (docs/performance.md#tenant-claim-check).
+    SELECT s.id, s.root FROM own_courses s
+     WHERE NOT EXISTS (SELECT FROM courses c WHERE c.id = s.id AND c.root_account_id = s.root)
+), new_accounts AS MATERIALIZED (
+    SELECT a.id, a.root FROM account_refs a
+     WHERE NOT EXISTS (SELECT FROM accounts t WHERE t.id = a.id AND t.root_account_id = a.root)
 ), tenant_conflicts AS (
     -- A course or account stored under a root account for the first time while another
     -- root account already holds it (before this statement, or in this batch): stored all
@@ -248,8 +258,7 @@ WITH batch AS MATERIALIZED (
                                          WHERE c.id = s.id)) AS o
                   WHERE o <> s.root
                   ORDER BY 1) AS others
-      FROM own_courses s LEFT JOIN split_courses b ON b.id = s.id
-     WHERE NOT EXISTS (SELECT FROM courses c WHERE c.id = s.id AND c.root_account_id = s.root)
+      FROM new_courses s LEFT JOIN split_courses b ON b.id = s.id
     UNION ALL
     SELECT 'account', a.id, a.root,
            array(SELECT DISTINCT o
@@ -258,8 +267,7 @@ WITH batch AS MATERIALIZED (
                                          WHERE t.id = a.id)) AS o
                   WHERE o <> a.root
                   ORDER BY 1)
-      FROM account_refs a LEFT JOIN split_accounts b ON b.id = a.id
-     WHERE NOT EXISTS (SELECT FROM accounts t WHERE t.id = a.id AND t.root_account_id = a.root)
+      FROM new_accounts a LEFT JOIN split_accounts b ON b.id = a.id
 ), judged AS (
     SELECT b.ord, s.created_at AS stored_at, s.same
       FROM batch b
@@ -341,9 +349,18 @@ _MAX_ROUNDS = 100
 
 
 async def write_batch(
-    conn: Conn, events: Sequence[Event], *, cache: PartitionCache | None = None
+    conn: Conn,
+    events: Sequence[Event],
+    *,
+    cache: PartitionCache | None = None,
+    document: str | None = None,
 ) -> WriteResult:
     """Store `events` and their snapshots atomically (a savepoint in the caller's transaction).
+
+    `document`, when given, must be ``batch_document(events)``, built ahead of time: the
+    consumer builds it while the previous batch is still being stored, so that PostgreSQL gets
+    the next statement as soon as it is done with the last
+    (docs/performance.md#batch-document-built-ahead).
 
     Idempotent: events already stored with the same created_at and content are counted as
     duplicates; an event whose id is stored with another created_at or content comes back as
@@ -359,7 +376,8 @@ async def write_batch(
     for _ in range(_MAX_ROUNDS):
         if not pending:
             return WriteResult(inserted, duplicates, conflicts, claims)
-        done = await _write_round(conn, pending, cache)
+        done = await _write_round(conn, pending, cache, document)
+        document = None  # a later round writes fewer events: its own document
         inserted += done.inserted
         claims.extend(done.tenant_claims)
         # The rest of the round: events already stored, or repeated, with the same content.
@@ -375,9 +393,12 @@ async def write_batch(
     raise RuntimeError(f"{len(pending)} event(s) still unjudged after {_MAX_ROUNDS} rounds")
 
 
-async def _write_round(conn: Conn, events: Sequence[Event], cache: PartitionCache | None) -> _Round:
+async def _write_round(
+    conn: Conn, events: Sequence[Event], cache: PartitionCache | None, document: str | None
+) -> _Round:
     cache = DEFAULT_CACHE if cache is None else cache
-    document = batch_document(events)
+    if document is None:
+        document = batch_document(events)
     months = {month_of(e.created_at) for e in events}
     await ensure_partition_for(conn, months, cache=cache)
     try:
