@@ -1,0 +1,147 @@
+"""API CPU per request of several source trees (and the bare handler), interleaved on one store.
+
+The query benchmark's store (`query.load`, N events) and scenarios (first and deep pages of the
+big courses and the deep account), each server a process of its own, all started at once; then
+for each scenario, `--turns` rounds in which every server gets one load generator run in turn,
+so that whatever else the machine does falls on all of them alike. Prints, per scenario and
+server, the medians of requests/s and of the server's CPU per request (utime + stime from
+/proc, warm-up included). A tree is a directory holding the `course_audit` package (put first
+on the server's PYTHONPATH); a NAME starting with `bare` runs tests/bench/bare_server.py.
+
+    python tests/bench/api_ab.py base=/tmp/old/service new=service bare=service \\
+        [--turns 5] [--seconds 3] [--n 200000] [--only course_first,account_deep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from ingest import Databases
+from query import _loadgen, _root_of, _start_bare, _wait_http, deep_cursor, free_port, load
+
+from course_audit.api.params import encode_bookmark
+from course_audit.store.queries import Cursor
+from course_audit.store.tokens import create_token
+from harness import provide_services
+from service_process import ServiceProcess
+
+SCENARIOS = ("course_first", "course_deep", "account_first", "account_deep")
+
+
+def _bare_after(cursor: Cursor) -> str:
+    return f"&after={int(cursor.created_at.timestamp() * 1e6)},{cursor.seq}"
+
+
+async def _start(
+    name: str, tree: str, db: str, ids: dict[str, Any], deep: dict[Any, Cursor], log: Path
+) -> tuple[Any, int, dict[str, list[str]]]:
+    """One server: (its process, pid, urls by scenario)."""
+    os.environ["PYTHONPATH"] = tree
+    courses, account = ids["big_courses"], ids["deep_account"]
+    if name.startswith("bare"):
+        port = free_port()
+        proc: Any = _start_bare(db, port, log / f"{name}.log")
+        await _wait_http(f"http://127.0.0.1:{port}/bare/course/1000?per_page=1")
+        b = f"http://127.0.0.1:{port}/bare"
+        return (
+            proc,
+            proc.pid,
+            {
+                "course_first": [f"{b}/course/{k}?per_page=100" for k in courses],
+                "course_deep": [
+                    f"{b}/course/{k}?per_page=100{_bare_after(deep[k])}" for k in courses
+                ],
+                "account_first": [f"{b}/account/{account}?per_page=100"],
+                "account_deep": [f"{b}/account/{account}?per_page=100{_bare_after(deep[account])}"],
+            },
+        )
+    settings = {"AUDIT_DATABASE_URL": db, "AUDIT_MIGRATE_ON_START": "false"}
+    api = ServiceProcess("serve", settings, log / f"{name}.log").start()
+    await api.wait_ready(60)
+    a = f"{api.base_url}/api/v1/audit/course"
+
+    def page(path: str, key: int) -> str:
+        return f"{a}/{path}/{key}?page={encode_bookmark(deep[key])}&per_page=100"
+
+    return (
+        api,
+        api.pid,
+        {
+            "course_first": [f"{a}/courses/{k}?per_page=100" for k in courses],
+            "course_deep": [page("courses", k) for k in courses],
+            "account_first": [f"{a}/accounts/{account}?per_page=100"],
+            "account_deep": [page("accounts", account)],
+        },
+    )
+
+
+def parse() -> tuple[dict[str, str], argparse.Namespace]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("trees", nargs="+", help="NAME=DIR (the directory holding course_audit)")
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--depth", type=int, default=100)
+    parser.add_argument("--only", default=",".join(SCENARIOS))
+    args = parser.parse_args()
+    pairs = (t.split("=", 1) for t in args.trees)
+    return {name: str(Path(tree).resolve()) for name, tree in pairs}, args
+
+
+async def main(trees: dict[str, str], args: argparse.Namespace) -> None:
+    log = Path(tempfile.mkdtemp(prefix="course-audit-api-ab-"))
+    with provide_services() as endpoints:
+        dbs = Databases(endpoints.database_url)
+        db = await dbs.fresh()
+        ids = await load(db, args.n)
+        conn = await asyncpg.connect(db)
+        try:
+            token = (await create_token(conn, "bench", [_root_of(ids["deep_account"])])).token
+        finally:
+            await conn.close()
+        deep = {k: await deep_cursor(db, "course_id", k, args.depth) for k in ids["big_courses"]}
+        account = ids["deep_account"]
+        deep[account] = await deep_cursor(db, "account_id", account, args.depth)
+        servers: dict[str, tuple[Any, int, dict[str, list[str]]]] = {}
+        try:
+            for name, tree in trees.items():
+                servers[name] = await _start(name, tree, db, ids, deep, log)
+            os.environ.pop("PYTHONPATH", None)
+            for scenario in args.only.split(","):
+                runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+                for _ in range(args.turns):
+                    for name, (_, pid, urls) in servers.items():
+                        auth = None if name.startswith("bare") else token
+                        runs[name].append(
+                            await asyncio.to_thread(
+                                _loadgen, urls[scenario], auth, 16, args.seconds, log, pid
+                            )
+                        )
+                print(
+                    scenario,
+                    "  ".join(
+                        f"{name}: {statistics.median(r['cpu_us_per_request'] for r in rs):,.0f}"
+                        f" µs/request, {statistics.median(r['rps'] for r in rs):,.0f} req/s"
+                        for name, rs in runs.items()
+                    ),
+                    flush=True,
+                )
+        finally:
+            for proc, _, _ in servers.values():
+                if isinstance(proc, ServiceProcess):
+                    proc.stop()
+                else:
+                    proc.terminate()
+                    proc.wait(10)
+            await dbs.drop(db)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*parse()))
