@@ -74,7 +74,7 @@ def main() -> int:
                         args.query_n or (200_000 if quick else 2_000_000),
                         args.depth or (100 if quick else 1000),
                         repeats,
-                        args.seconds or (2 if quick else 10),
+                        args.seconds or (1.5 if quick else 10),
                         args.concurrency,
                         log_dir,
                     )
@@ -91,7 +91,7 @@ def main() -> int:
                         args.ingest_n or (10_000 if quick else 150_000),
                         args.depth or (100 if quick else 1000),
                         args.repeats or (1 if quick else 2),
-                        args.seconds or (2 if quick else 10),
+                        args.seconds or (1.5 if quick else 10),
                         args.concurrency,
                         log_dir,
                         query_report=done.get("query"),
@@ -101,19 +101,19 @@ def main() -> int:
             elif name == "freshness":
                 from freshness import bench_freshness
 
-                seconds = args.fresh_seconds or (5 if quick else 60)
+                seconds = args.fresh_seconds or (3 if quick else 60)
                 report = asyncio.run(bench_freshness(endpoints, args.rate, seconds, log_dir))
             elif name == "replica":
                 from freshness import bench_replica
 
-                seconds = args.fresh_seconds or (4 if quick else 30)
+                seconds = args.fresh_seconds or (3 if quick else 30)
                 report = asyncio.run(
                     bench_replica(endpoints, args.rate, seconds, 1 if quick else 2, log_dir)
                 )
             elif name == "stream":
                 from stream import bench_stream
 
-                seconds = args.stream_seconds or (5 if quick else 30)
+                seconds = args.stream_seconds or (3 if quick else 30)
                 report = asyncio.run(bench_stream(endpoints, args.rate, seconds, log_dir))
             elif name == "export":
                 from export import bench_export
@@ -123,7 +123,7 @@ def main() -> int:
             elif name == "scaleout":
                 from scaleout import bench_scaleout
 
-                n = args.scaleout_n or (20_000 if quick else 300_000)
+                n = args.scaleout_n or (60_000 if quick else 300_000)
                 report = asyncio.run(
                     bench_scaleout(
                         endpoints,
@@ -131,7 +131,7 @@ def main() -> int:
                         args.repeats or (1 if quick else 2),
                         log_dir,
                         api_events=30_000 if quick else 300_000,
-                        api_seconds=args.seconds or (2 if quick else 10),
+                        api_seconds=args.seconds or (1.5 if quick else 10),
                         concurrency=args.concurrency,
                     )
                 )
