@@ -107,20 +107,30 @@ class Watch:
         return [self.arrivals[r["id"]] - r["at"] for r in rows]
 
 
-async def _read(resp: aiohttp.ClientResponse, watch: Watch | None) -> None:
+async def _read(
+    resp: aiohttp.ClientResponse, watch: Watch | None, greeted: list[int] | None
+) -> None:
     with contextlib.suppress(aiohttp.ClientError, asyncio.CancelledError):
         async for raw in resp.content:
             if watch is not None and raw.startswith(b"id: "):
                 watch.seen(raw[4:].strip().decode())
+            elif greeted is not None and raw.startswith(b"retry: "):
+                # The stream's opening: the server is done with it and waits for events.
+                greeted[0] += 1
 
 
 async def _open(
-    session: aiohttp.ClientSession, url: str, token: str, watch: Watch | None
+    session: aiohttp.ClientSession,
+    url: str,
+    token: str,
+    watch: Watch | None,
+    greeted: list[int] | None = None,
 ) -> tuple[aiohttp.ClientResponse, asyncio.Task[None]]:
+    """Open a stream; with `greeted`, count it there once its opening lines arrive."""
     resp = await session.get(url, headers={"Authorization": f"Bearer {token}"})
     if resp.status != 200:
         raise RuntimeError(f"GET {url}: {resp.status} {await resp.text()}")
-    return resp, asyncio.create_task(_read(resp, watch))
+    return resp, asyncio.create_task(_read(resp, watch, greeted))
 
 
 async def _produce(
@@ -315,10 +325,19 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
             )
             progress(f"stream: opening {IDLE_SUBSCRIBERS:,} idle streams")
             quiet_ids = list(quiet)
+            greeted = [0]
             for i in range(IDLE_SUBSCRIBERS):
                 cid = quiet_ids[i % QUIET]
-                streams.append(await _open(session, f"{base}/{cid}/stream", token, None))
-            await asyncio.sleep(2)  # let the opening settle before measuring idle
+                streams.append(await _open(session, f"{base}/{cid}/stream", token, None, greeted))
+            # Idle is measured once every stream has got its opening lines (the server is
+            # done opening them all).
+            deadline = time.perf_counter() + 60
+            while greeted[0] < IDLE_SUBSCRIBERS:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(
+                        f"{greeted[0]} of {IDLE_SUBSCRIBERS} idle streams opened within 60 s"
+                    )
+                await asyncio.sleep(0.05)
             results["idle_rss_mb"], results["idle_cpu_pct"] = await _usage(
                 pid, min(IDLE_SECONDS, seconds)
             )
