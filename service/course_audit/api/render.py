@@ -130,13 +130,12 @@ class SnapshotCache:
 
     def __init__(self, size: int = SNAPSHOT_CACHE_SIZE) -> None:
         self.size = size
-        self._count = 0
         self._rendered: dict[tuple[Kind, bool], dict[str, orjson.Fragment]] = {
             (kind, string_ids): {} for kind in Kind for string_ids in (False, True)
         }
 
     def __len__(self) -> int:
-        return self._count
+        return sum(map(len, self._rendered.values()))
 
     def pick(
         self, kind: Kind, ids: Sequence[Any], snapshots: dict[Any, str], string_ids: bool
@@ -153,11 +152,9 @@ class SnapshotCache:
             if fragment is None:
                 fragment = orjson.Fragment(render_snapshot(text, FIELDS[kind], string_ids))
                 rendered[text] = fragment
-                self._count += 1
-                if self._count > self.size:
+                if len(self) > self.size:
                     fullest = max(self._rendered.values(), key=len)
                     del fullest[next(iter(fullest))]
-                    self._count -= 1
             out.append(fragment)
         return out
 
