@@ -24,62 +24,44 @@ from typing import Any
 
 import asyncpg
 from ingest import Databases
-from query import _loadgen, _root_of, _start_bare, _wait_http, deep_cursor, free_port, load
+from query import (
+    SCENARIOS,
+    _loadgen,
+    _root_of,
+    _start_bare,
+    _wait_http,
+    deep_cursor,
+    free_port,
+    load,
+    scenario_urls,
+)
 
-from course_audit.api.params import encode_bookmark
 from course_audit.store.queries import Cursor
 from course_audit.store.tokens import create_token
 from harness import provide_services
 from service_process import ServiceProcess
 
-SCENARIOS = ("course_first", "course_deep", "account_first", "account_deep")
-
-
-def _bare_after(cursor: Cursor) -> str:
-    return f"&after={int(cursor.created_at.timestamp() * 1e6)},{cursor.seq}"
-
 
 async def _start(
-    name: str, tree: str, db: str, ids: dict[str, Any], deep: dict[Any, Cursor], log: Path
+    name: str,
+    tree: str,
+    db: str,
+    ids: dict[str, Any],
+    cursors: dict[tuple[str, int], Cursor],
+    log: Path,
 ) -> tuple[Any, int, dict[str, list[str]]]:
     """One server: (its process, pid, urls by scenario)."""
     os.environ["PYTHONPATH"] = tree
-    courses, account = ids["big_courses"], ids["deep_account"]
     if name.startswith("bare"):
         port = free_port()
         proc: Any = _start_bare(db, port, log / f"{name}.log")
-        await _wait_http(f"http://127.0.0.1:{port}/bare/course/1000?per_page=1")
-        b = f"http://127.0.0.1:{port}/bare"
-        return (
-            proc,
-            proc.pid,
-            {
-                "course_first": [f"{b}/course/{k}?per_page=100" for k in courses],
-                "course_deep": [
-                    f"{b}/course/{k}?per_page=100{_bare_after(deep[k])}" for k in courses
-                ],
-                "account_first": [f"{b}/account/{account}?per_page=100"],
-                "account_deep": [f"{b}/account/{account}?per_page=100{_bare_after(deep[account])}"],
-            },
-        )
+        base = f"http://127.0.0.1:{port}"
+        await _wait_http(f"{base}/bare/course/1000?per_page=1")
+        return proc, proc.pid, scenario_urls(base, True, ids, cursors)
     settings = {"AUDIT_DATABASE_URL": db, "AUDIT_MIGRATE_ON_START": "false"}
     api = ServiceProcess("serve", settings, log / f"{name}.log").start()
     await api.wait_ready(60)
-    a = f"{api.base_url}/api/v1/audit/course"
-
-    def page(path: str, key: int) -> str:
-        return f"{a}/{path}/{key}?page={encode_bookmark(deep[key])}&per_page=100"
-
-    return (
-        api,
-        api.pid,
-        {
-            "course_first": [f"{a}/courses/{k}?per_page=100" for k in courses],
-            "course_deep": [page("courses", k) for k in courses],
-            "account_first": [f"{a}/accounts/{account}?per_page=100"],
-            "account_deep": [page("accounts", account)],
-        },
-    )
+    return api, api.pid, scenario_urls(api.base_url, False, ids, cursors)
 
 
 def parse() -> tuple[dict[str, str], argparse.Namespace]:
@@ -106,13 +88,16 @@ async def main(trees: dict[str, str], args: argparse.Namespace) -> None:
             token = (await create_token(conn, "bench", [_root_of(ids["deep_account"])])).token
         finally:
             await conn.close()
-        deep = {k: await deep_cursor(db, "course_id", k, args.depth) for k in ids["big_courses"]}
+        cursors = {
+            ("course", k): await deep_cursor(db, "course_id", k, args.depth)
+            for k in ids["big_courses"]
+        }
         account = ids["deep_account"]
-        deep[account] = await deep_cursor(db, "account_id", account, args.depth)
+        cursors[("account", account)] = await deep_cursor(db, "account_id", account, args.depth)
         servers: dict[str, tuple[Any, int, dict[str, list[str]]]] = {}
         try:
             for name, tree in trees.items():
-                servers[name] = await _start(name, tree, db, ids, deep, log)
+                servers[name] = await _start(name, tree, db, ids, cursors, log)
             os.environ.pop("PYTHONPATH", None)
             for scenario in args.only.split(","):
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}

@@ -297,6 +297,32 @@ def _loadgen(
     return result
 
 
+SCENARIOS = ("course_first", "course_deep", "account_first", "account_deep")
+
+
+def scenario_urls(
+    base: str, bare: bool, ids: dict[str, Any], cursors: dict[tuple[str, int], Cursor]
+) -> dict[str, list[str]]:
+    """Each scenario's URLs: the first and the deep page (`cursors[(kind, key)]`) of the big
+    courses and of the deep account, on the API at `base` or on the bare server there."""
+    urls: dict[str, list[str]] = {}
+    for kind, keys in (("course", ids["big_courses"]), ("account", [ids["deep_account"]])):
+        path = "courses" if kind == "course" else "accounts"
+        first, deep = [], []
+        for k in keys:
+            at = cursors[(kind, k)]
+            if bare:
+                first.append(f"{base}/bare/{kind}/{k}?per_page={PER_PAGE}")
+                after = f"{int(at.created_at.timestamp() * 1e6)},{at.seq}"
+                deep.append(f"{base}/bare/{kind}/{k}?per_page={PER_PAGE}&after={after}")
+            else:
+                page = f"{base}/api/v1/audit/course/{path}/{k}"
+                first.append(f"{page}?per_page={PER_PAGE}")
+                deep.append(f"{page}?page={encode_bookmark(at)}&per_page={PER_PAGE}")
+        urls[f"{kind}_first"], urls[f"{kind}_deep"] = first, deep
+    return urls
+
+
 def free_port() -> int:
     """A port free now, for the bare server (bench only; a collision fails the run)."""
     with socket.socket() as sock:
@@ -397,26 +423,15 @@ async def bench_query(
         await api.wait_ready(60)
         await _wait_http(f"http://127.0.0.1:{bare_port}/bare/course/1000?per_page=1")
         a, b = api.base_url, f"http://127.0.0.1:{bare_port}"
-        for kind, keys in (("course", ids["big_courses"]), ("account", [ids["deep_account"]])):
-            path = "courses" if kind == "course" else "accounts"
-            deep = {k: cursors[(kind, k)] for k in keys}
-            # Each scenario's API and bare runs back to back, so that what else the machine
-            # does at the time falls on both.
-            targets[f"{kind}_first_api"] = [
-                f"{a}/api/v1/audit/course/{path}/{k}?per_page={PER_PAGE}" for k in keys
-            ]
-            targets[f"{kind}_first_bare"] = [
-                f"{b}/bare/{kind}/{k}?per_page={PER_PAGE}" for k in keys
-            ]
-            targets[f"{kind}_deep_api"] = [
-                f"{a}/api/v1/audit/course/{path}/{k}?page={encode_bookmark(deep[k])}&per_page={PER_PAGE}"
-                for k in keys
-            ]
-            targets[f"{kind}_deep_bare"] = [
-                f"{b}/bare/{kind}/{k}?per_page={PER_PAGE}&after="
-                f"{int(deep[k].created_at.timestamp() * 1e6)},{deep[k].seq}"
-                for k in keys
-            ]
+        on_api, on_bare = (
+            scenario_urls(a, False, ids, cursors),
+            scenario_urls(b, True, ids, cursors),
+        )
+        # Each scenario's API and bare runs back to back, so that what else the machine does
+        # at the time falls on both.
+        for scenario in SCENARIOS:
+            targets[f"{scenario}_api"] = on_api[scenario]
+            targets[f"{scenario}_bare"] = on_bare[scenario]
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for r in range(repeats):
             for name, urls in targets.items():
