@@ -295,8 +295,8 @@ class Settings:
         env="AUDIT_DATABASE_READ_URL",
         parse=url("postgresql", "postgres"),
         doc="a streaming replica of the store that `serve` (and `run`'s API) reads events,"
-        " snapshots and exports from; tokens, the live tail's LISTEN and every write stay on"
-        " the primary (docs/operations.md#read-replicas)",
+        " snapshots and exports from; tokens, the LISTEN connection (live tail, snapshot"
+        " changes) and every write stay on the primary (docs/operations.md#read-replicas)",
     )
     database_read_max_lag_s: int = setting(
         30,
