@@ -33,8 +33,9 @@ from course_audit.model import Kind
 from course_audit.store.db import Conn
 from course_audit.store.queries import Linked, Refs, fetch_snapshots, snapshot_versions
 
-#: Snapshot texts kept per process: the snapshots of a few hundred busy pages, ~0.5 KB each.
-SNAPSHOT_TEXTS_SIZE = 20_000
+#: Snapshot texts kept per process and kind: the snapshots of a few hundred busy pages, ~0.5 KB
+#: each.
+SNAPSHOT_TEXTS_SIZE = 10_000
 #: Read every snapshot again at least this often, so that a row version number seen long ago
 #: can never be mistaken for a new one (transaction ids wrap around after 2**32).
 SNAPSHOT_TTL_S = 600.0
@@ -66,7 +67,11 @@ class SnapshotTexts:
         clock: Callable[[], float] = time.monotonic,
         counted: Callable[[bool], None] | None = None,
     ) -> None:
-        self._entries: TtlCache[tuple[str, Any], Entry] = TtlCache(size, ttl_s, clock)
+        #: Per kind (its text as the queries return it), by id: a page's lookups hash the ids
+        #: alone (a (kind, id) key was a tuple to build and hash for each of up to ~200 ids).
+        self._entries: dict[str, TtlCache[Any, Entry]] = {
+            kind: TtlCache(size, ttl_s, clock) for kind in (_COURSE, _USER, _PAGE_VIEW)
+        }
         #: True while the announcements are listened to and `received` is meaningful.
         self.listening = False
         #: The counter of the last announcement applied (or read when listening began).
@@ -77,7 +82,11 @@ class SnapshotTexts:
         self._counted = counted
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(map(len, self._entries.values()))
+
+    def _clear(self) -> None:
+        for entries in self._entries.values():
+            entries.clear()
 
     # ------------------------------------------------------------------ announcements
 
@@ -90,7 +99,7 @@ class SnapshotTexts:
         """Listening again, and the counter read *after* LISTEN was `changes`: whatever
         changed while not listening is unknown, so every kept text goes. Announcements
         applied meanwhile (between LISTEN and the read) count: they came in order."""
-        self._entries.clear()
+        self._clear()
         self.received = max(self.received, changes)
         self.listening = True
 
@@ -99,12 +108,12 @@ class SnapshotTexts:
         if ids is None or changes > self.received + 1:
             # Every id, or a gap in the counter (not expected: announcements come in counter
             # order): nothing kept can be vouched for.
-            self._entries.clear()
+            self._clear()
         else:
-            discard = self._entries.discard
             for key, kind in ANNOUNCED_KINDS.items():
+                discard = self._entries[kind].discard
                 for id_ in ids.get(key, ()):
-                    discard((kind, id_))
+                    discard(id_)
         if changes > self.received:
             self.received = changes
 
@@ -144,25 +153,24 @@ class SnapshotTexts:
         trusted = self.trusts(changes)
         if trusted:
             self.trusted += 1
-            keys: list[tuple[str, Any]] = [(_COURSE, i) for i in refs.courses]
-            keys += [(_USER, i) for i in refs.users]
-            keys += [(_PAGE_VIEW, i) for i in refs.page_views]
-            for (kind, key), entry in zip(keys, self._entries.get_many(keys), strict=True):
-                if entry is None or entry[0] != roots_key:
-                    absent[kind].append(key)
-                elif entry[3] is not None:
-                    found[kind][key] = entry[3]
+            by_kind = ((_COURSE, refs.courses), (_USER, refs.users), (_PAGE_VIEW, refs.page_views))
+            for kind, ids in by_kind:
+                have, lack = found[kind], absent[kind]
+                for key, entry in zip(ids, self._entries[kind].get_many(ids), strict=True):
+                    if entry is None or entry[0] != roots_key:
+                        lack.append(key)
+                    elif entry[3] is not None:
+                        have[key] = entry[3]
         else:
             self.checked += 1
-            rows = await snapshot_versions(conn, refs, roots)
-            keys = [(kind, t if n is None else n) for kind, n, t, *_ in rows]
-            cached = self._entries.get_many(keys)
-            for (kind, key), row, entry in zip(keys, rows, cached, strict=True):
+            for kind, n, t, root, version in await snapshot_versions(conn, refs, roots):
+                key = t if n is None else n
+                entry = self._entries[kind].get(key)
                 # The same root account's snapshot at the same row version.
                 if (
                     entry is not None
-                    and entry[1] == row[3]
-                    and entry[2] == row[4]
+                    and entry[1] == root
+                    and entry[2] == version
                     and entry[3] is not None
                 ):
                     found[kind][key] = entry[3]
@@ -177,20 +185,20 @@ class SnapshotTexts:
             # Kept only if no change newer than this read was applied already (a replica's
             # counter may be behind the announcements: then nothing is kept).
             keep = not self.listening or self.received <= read_at
-            put = self._entries.put
+            entries = self._entries
             for snapshot in snapshots:
                 ident: Any = snapshot.text_id if snapshot.num_id is None else snapshot.num_id
                 if snapshot.data is not None:
                     if keep:
                         entry = (roots_key, snapshot.root, snapshot.version, snapshot.data)
-                        put((snapshot.kind, ident), entry)
+                        entries[snapshot.kind].put(ident, entry)
                     found[snapshot.kind][ident] = snapshot.data
             if keep:
                 # Ids without a snapshot within `roots`: known absent until announced (the
                 # checked path never asks for these: they have no version).
                 for kind, keys_of_kind in absent.items():
-                    have = found[kind]
+                    have, put = found[kind], entries[kind].put
                     for key in keys_of_kind:
                         if key not in have:
-                            put((kind, key), (roots_key, None, None, None))
+                            put(key, (roots_key, None, None, None))
         return linked
