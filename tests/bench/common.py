@@ -79,6 +79,14 @@ def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
 
 
+def paired_ratio(api: list[dict[str, Any]], bare: list[dict[str, Any]]) -> float:
+    """The median over repeats of API req/s / bare req/s, each API run divided by the bare
+    run right after it: a slow spell of the machine (the load generator and PostgreSQL share
+    the cores with the servers) falls on both runs of a pair, where a ratio of medians could
+    set one repeat's API against another's bare handler."""
+    return median(a["rps"] / b["rps"] for a, b in zip(api, bare, strict=True))
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

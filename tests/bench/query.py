@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from common import Report, median, progress, stop_with_peak_rss
+from common import Report, median, paired_ratio, progress, stop_with_peak_rss
 from ingest import COPY_COLUMNS, Databases
 from scaleout import cpu_seconds
 
@@ -472,12 +472,10 @@ async def bench_query(
         report.ratios[f"{kind}_deep_p50_vs_first_p50"] = (
             med[f"{kind}_deep_api"]["p50_ms"] / med[f"{kind}_first_api"]["p50_ms"]
         )
-        report.ratios[f"{kind}_first_api_rps_vs_bare_rps"] = (
-            med[f"{kind}_first_api"]["rps"] / med[f"{kind}_first_bare"]["rps"]
-        )
-        report.ratios[f"{kind}_deep_api_rps_vs_bare_rps"] = (
-            med[f"{kind}_deep_api"]["rps"] / med[f"{kind}_deep_bare"]["rps"]
-        )
+        for page in ("first", "deep"):
+            report.ratios[f"{kind}_{page}_api_rps_vs_bare_rps"] = paired_ratio(
+                runs[f"{kind}_{page}_api"], runs[f"{kind}_{page}_bare"]
+            )
     print(
         report.table(
             f"\nquery: {n:,} events, per_page={PER_PAGE}, deep page {depth}, concurrency "
