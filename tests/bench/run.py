@@ -63,7 +63,8 @@ def main() -> int:
                 from ingest import bench_ingest
 
                 n = args.ingest_n or (20_000 if quick else 300_000)
-                naive_n = args.naive_n or (2_000 if quick else 20_000)
+                # 10,000: each naive event is a commit of its own (~2 ms), about 20 s a run.
+                naive_n = args.naive_n or (2_000 if quick else 10_000)
                 report = asyncio.run(bench_ingest(endpoints, n, naive_n, repeats, log_dir))
             elif name == "query":
                 from query import bench_query
@@ -73,10 +74,10 @@ def main() -> int:
                         endpoints,
                         args.query_n or (200_000 if quick else 2_000_000),
                         args.depth or (100 if quick else 1000),
-                        # Five API/bare pairs of 6 s: the ratio is the median pair's
+                        # Five API/bare pairs of 5 s: the ratio is the median pair's
                         # (common.paired_ratio), and five pairs outvote two slow spells.
                         args.repeats or (1 if quick else 5),
-                        args.seconds or (1.5 if quick else 6),
+                        args.seconds or (1.5 if quick else 5),
                         args.concurrency,
                         log_dir,
                     )
