@@ -80,10 +80,11 @@ def median(values: Iterable[float]) -> float:
 
 
 def paired_ratio(api: list[dict[str, Any]], bare: list[dict[str, Any]]) -> float:
-    """The median over repeats of API req/s / bare req/s, each API run divided by the bare
-    run right after it: a slow spell of the machine (the load generator and PostgreSQL share
-    the cores with the servers) falls on both runs of a pair, where a ratio of medians could
-    set one repeat's API against another's bare handler."""
+    """The median over repeats of API req/s / bare req/s, each API result over the bare
+    result of the same repeat (one load generator run alternating between the two servers):
+    a slow spell of the machine (the load generator and PostgreSQL share the cores with the
+    servers) falls on both of a pair, where a ratio of medians could set one repeat's API
+    against another's bare handler."""
     return median(a["rps"] / b["rps"] for a, b in zip(api, bare, strict=True))
 
 

@@ -269,32 +269,45 @@ def _loadgen(
 ) -> dict[str, Any]:
     """One load generator run; with `server_pid`, also the server's CPU time (utime + stime,
     /proc/<pid>/stat) per answered request, warm-up included, in µs."""
-    url_file = tmp / f"urls-{uuid.uuid4().hex[:6]}.txt"
-    url_file.write_text("\n".join(urls) + "\n")
-    cmd = [
-        sys.executable,
-        str(HERE / "loadgen.py"),
-        "--urls",
-        str(url_file),
+    return _alternating([(urls, server_pid)], token, concurrency, duration, tmp)[0]
+
+
+def _alternating(
+    servers: list[tuple[list[str], int | None]],
+    token: str | None,
+    concurrency: int,
+    duration: float,
+    tmp: Path,
+) -> list[dict[str, Any]]:
+    """One load generator run over several servers' URL lists, the time sliced between them
+    (loadgen.py; `duration` is the whole measured time, shared by the lists). Per server: its
+    result, and with a pid its CPU time per answered request, warm-up included, in µs."""
+    cmd = [sys.executable, str(HERE / "loadgen.py")]
+    for urls, _ in servers:
+        url_file = tmp / f"urls-{uuid.uuid4().hex[:6]}.txt"
+        url_file.write_text("\n".join(urls) + "\n")
+        cmd += ["--urls", str(url_file)]
+    cmd += [
         "--concurrency",
         str(concurrency),
         "--duration",
         str(duration),
         "--warmup",
-        # 2 s before a full run's 10 s measurements, 1 s before QUICK's 2 s ones.
+        # 2 s before a full run's measurements, 1 s before QUICK's shorter ones.
         str(min(2.0, duration / 2)),
     ]
     if token:
         cmd.append(f"--token={token}")  # a token may begin with "-"
-    cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
+    cpu_before = [cpu_seconds(pid) if pid is not None else 0.0 for _, pid in servers]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 120)
-    result: dict[str, Any] = json.loads(out.stdout)
-    if server_pid is not None and result.get("answered"):
-        used = cpu_seconds(server_pid) - cpu_before
-        result["cpu_us_per_request"] = used / result["answered"] * 1e6
-    if result["errors"]:
-        raise RuntimeError(f"load generator saw {result['errors']} non-200 answers")
-    return result
+    parsed = json.loads(out.stdout)
+    results: list[dict[str, Any]] = parsed if len(servers) > 1 else [parsed]
+    for (_, pid), before, result in zip(servers, cpu_before, results, strict=True):
+        if pid is not None and result.get("answered"):
+            result["cpu_us_per_request"] = (cpu_seconds(pid) - before) / result["answered"] * 1e6
+        if result["errors"]:
+            raise RuntimeError(f"load generator saw {result['errors']} non-200 answers")
+    return results
 
 
 SCENARIOS = ("course_first", "course_deep", "account_first", "account_deep")
@@ -404,7 +417,6 @@ async def bench_query(
     finally:
         await conn.close()
 
-    targets: dict[str, list[str]] = {}
     cursors = {}
     for course in ids["big_courses"]:
         cursors[("course", course)] = await deep_cursor(db, "course_id", course, depth)
@@ -427,29 +439,30 @@ async def bench_query(
             scenario_urls(a, False, ids, cursors),
             scenario_urls(b, True, ids, cursors),
         )
-        # Each scenario's API and bare runs back to back, so that what else the machine does
-        # at the time falls on both.
-        for scenario in SCENARIOS:
-            targets[f"{scenario}_api"] = on_api[scenario]
-            targets[f"{scenario}_bare"] = on_bare[scenario]
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        # Each scenario's API and bare handler in one load generator run that alternates
+        # between them every second, so that what else the machine does at the time falls on
+        # both alike (loadgen.py); each gets `duration` seconds of the run.
+        runs: dict[str, list[dict[str, Any]]] = {}
         for r in range(repeats):
-            for name, urls in targets.items():
-                result = await asyncio.to_thread(
-                    _loadgen,
-                    urls,
-                    token if name.endswith("_api") else None,
+            for scenario in SCENARIOS:
+                on_api_result, on_bare_result = await asyncio.to_thread(
+                    _alternating,
+                    [(on_api[scenario], api.pid), (on_bare[scenario], bare.pid)],
+                    token,
                     concurrency,
-                    duration,
+                    2 * duration,
                     log_dir,
-                    api.pid if name.endswith("_api") else bare.pid,
                 )
-                runs[name].append(result)
-                progress(
-                    f"  run {r + 1}/{repeats} {name}: {result['rps']:,.0f} req/s, "
-                    f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
-                    f"CPU {result.get('cpu_us_per_request', float('nan')):.0f} µs/request"
-                )
+                for name, result in (
+                    (f"{scenario}_api", on_api_result),
+                    (f"{scenario}_bare", on_bare_result),
+                ):
+                    runs.setdefault(name, []).append(result)
+                    progress(
+                        f"  run {r + 1}/{repeats} {name}: {result['rps']:,.0f} req/s, "
+                        f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+                        f"CPU {result['cpu_us_per_request']:.0f} µs/request"
+                    )
         # Which way the API's pages got their linked snapshots (docs/design.md#snapshot-caches):
         # trusted (announced changes, no version round trip) or checked.
         report.medians["snapshot_pages"] = await _snapshot_paths(api.base_url)
