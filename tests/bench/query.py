@@ -3,7 +3,8 @@
 The store is loaded with the fastest path (COPY, not Kafka): N events over ~5,000 courses and
 ~50 accounts, skewed so that a few courses and accounts hold enough events for pages 1,000
 deep at per_page=100. `course-audit serve` and the bare baseline (bare_server.py) each run as
-their own process; the load comes from loadgen.py, a third process, at fixed concurrency.
+their own process; the load comes from loadgen.py, a third process, at fixed concurrency,
+alternating between the two servers every second within each measurement.
 """
 
 from __future__ import annotations
