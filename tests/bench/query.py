@@ -294,7 +294,7 @@ def _alternating(
         "--duration",
         str(duration),
         "--warmup",
-        # 2 s before a full run's measurements, 1 s before QUICK's shorter ones.
+        # 2 s before a full run's measurements, half the measured time before QUICK's short ones.
         str(min(2.0, duration / 2)),
     ]
     if token:
