@@ -2,11 +2,12 @@
 
 The query benchmark's store (`query.load`, N events) and scenarios (first and deep pages of the
 big courses and the deep account), each server a process of its own, all started at once; then
-for each scenario, `--turns` rounds in which every server gets one load generator run in turn,
-so that whatever else the machine does falls on all of them alike. Prints, per scenario and
-server, the medians of requests/s and of the server's CPU per request (utime + stime from
-/proc, warm-up included). A tree is a directory holding the `course_audit` package (put first
-on the server's PYTHONPATH); a NAME starting with `bare` runs tests/bench/bare_server.py.
+for each scenario, `--turns` load generator runs that each alternate between all the servers
+every second, so that whatever else the machine does falls on all of them alike. Prints, per
+scenario and server, the medians of requests/s and of the server's CPU per request (utime +
+stime from /proc, warm-up included). A tree is a directory holding the `course_audit`
+package (put first on the server's PYTHONPATH); a NAME starting with `bare` runs
+tests/bench/bare_server.py.
 
     python tests/bench/api_ab.py base=/tmp/old/service new=service bare=service \\
         [--turns 5] [--seconds 3] [--n 200000] [--only course_first,account_deep]
@@ -26,7 +27,7 @@ import asyncpg
 from ingest import Databases
 from query import (
     SCENARIOS,
-    _loadgen,
+    _alternating,
     _root_of,
     _start_bare,
     _wait_http,
@@ -102,13 +103,18 @@ async def main(trees: dict[str, str], args: argparse.Namespace) -> None:
             for scenario in args.only.split(","):
                 runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
                 for _ in range(args.turns):
-                    for name, (_, pid, urls) in servers.items():
-                        auth = None if name.startswith("bare") else token
-                        runs[name].append(
-                            await asyncio.to_thread(
-                                _loadgen, urls[scenario], auth, 16, args.seconds, log, pid
-                            )
-                        )
+                    # One load generator run that alternates between all servers every second
+                    # (the query benchmark's way); each gets `--seconds` of it.
+                    results = await asyncio.to_thread(
+                        _alternating,
+                        [(urls[scenario], pid) for _, pid, urls in servers.values()],
+                        token,
+                        16,
+                        args.seconds * len(servers),
+                        log,
+                    )
+                    for name, result in zip(servers, results, strict=True):
+                        runs[name].append(result)
                 print(
                     scenario,
                     "  ".join(
