@@ -38,6 +38,7 @@ from course_audit.produce.encode import Encoder
 from course_audit.produce.sample import World, sample_event
 from course_audit.store.tokens import create_token
 from service_process import ServiceProcess
+from waits import eventually
 
 WATCHED = 20  # course streams whose every event is timed
 QUIET = 100  # quiet courses (no events while measuring), IDLE_SUBSCRIBERS / QUIET streams each
@@ -331,13 +332,17 @@ async def bench_stream(endpoints: Any, rate: int, seconds: int, log_dir: Path) -
                 streams.append(await _open(session, f"{base}/{cid}/stream", token, None, greeted))
             # Idle is measured once every stream has got its opening lines (the server is
             # done opening them all).
-            deadline = time.perf_counter() + 60
-            while greeted[0] < IDLE_SUBSCRIBERS:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(
-                        f"{greeted[0]} of {IDLE_SUBSCRIBERS} idle streams opened within 60 s"
-                    )
-                await asyncio.sleep(0.05)
+
+            async def opened() -> int:
+                return greeted[0]
+
+            await eventually(
+                opened,
+                lambda n: n >= IDLE_SUBSCRIBERS,
+                60,
+                f"the opening lines of {IDLE_SUBSCRIBERS:,} idle streams",
+                interval=0.05,
+            )
             results["idle_rss_mb"], results["idle_cpu_pct"] = await _usage(
                 pid, min(IDLE_SECONDS, seconds)
             )
